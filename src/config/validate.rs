@@ -1,0 +1,624 @@
+//! Phase two of configuration: turn a [`RawConfig`] into a typed [`Config`],
+//! collecting every problem instead of stopping at the first.
+
+use super::raw::{IdOrName, RawAccount, RawConfig, RawOperatorRule, RawRoute, Str};
+use super::*;
+use std::collections::HashSet;
+
+/// Collects issues; each getter returns a placeholder on error so that
+/// validation carries on and finds the next problem too.
+struct Checker<'a> {
+    issues: Vec<ConfigIssue>,
+    source: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        let source = (self.source)(&key);
+        self.issues.push(ConfigIssue { key, message: message.into(), source });
+    }
+
+    fn duration(&mut self, key: &str, v: &Str) -> Duration {
+        match humantime::parse_duration(v.as_str().trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(key, format!("`{}` is not a duration like \"500ms\", \"10s\" or \"2h\" ({e})", v.as_str()));
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn positive_duration(&mut self, key: &str, v: &Str) -> Duration {
+        let d = self.duration(key, v);
+        if d.is_zero() && humantime::parse_duration(v.as_str().trim()).is_ok() {
+            self.err(key, "must be greater than zero");
+        }
+        d
+    }
+
+    fn addr(&mut self, key: &str, v: &str) -> Option<SocketAddr> {
+        match v.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(key, format!("`{v}` is not an address like 127.0.0.1:8080 or [::1]:8080"));
+                None
+            }
+        }
+    }
+
+    fn nonzero(&mut self, key: &str, v: u64) -> u64 {
+        if v == 0 {
+            self.err(key, "must be greater than zero");
+        }
+        v
+    }
+}
+
+/// Validate a raw config; `source` names where a key's value came from.
+pub fn validate(raw: &RawConfig, source: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let mut c = Checker { issues: Vec::new(), source };
+
+    let server = server(&mut c, raw);
+    let admin_listen = match raw.admin.listen.as_str().trim() {
+        "" | "off" | "none" => None,
+        a => c.addr("admin.listen", a),
+    };
+    let log = LogConfig {
+        format: match raw.log.format.as_str().to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                c.err("log.format", format!("`{other}` is not one of \"text\", \"json\""));
+                LogFormat::Text
+            }
+        },
+        filter: {
+            let f = raw.log.filter.as_str().to_owned();
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f) {
+                c.err("log.filter", format!("`{f}` is not a valid filter ({e})"));
+            }
+            f
+        },
+    };
+    let upstream = UpstreamConfig {
+        connect_timeout: c.positive_duration("upstream.connect_timeout", &raw.upstream.connect_timeout),
+        response_timeout: c.positive_duration("upstream.response_timeout", &raw.upstream.response_timeout),
+        pool_idle_timeout: c.positive_duration("upstream.pool_idle_timeout", &raw.upstream.pool_idle_timeout),
+        pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host as usize,
+    };
+    let inject = inject(&mut c, raw);
+    let session = SessionConfig {
+        cookie_name: {
+            let n = raw.session.cookie_name.as_str().to_owned();
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                c.err("session.cookie_name", format!("`{n}` must be non-empty letters, digits, '-', '_' or '.'"));
+            }
+            n
+        },
+        max_age: c.positive_duration("session.max_age", &raw.session.max_age),
+    };
+    let token = token(&mut c, raw);
+    let redis = redis(&mut c, raw);
+
+    let mut accounts = Vec::new();
+    for (name, acc) in &raw.accounts {
+        if let Some(a) = account(&mut c, name, acc) {
+            accounts.push(Arc::new(a));
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut names = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        if let Some(route) = route(&mut c, i, r, &accounts, raw) {
+            if !names.insert(route.name.clone()) {
+                c.err(format!("routes[{i}].name"), format!("route name `{}` is used twice", route.name));
+            }
+            routes.push(Arc::new(route));
+        }
+    }
+    check_host_clashes(&mut c, &routes);
+
+    let default_route = raw.default_route.as_ref().and_then(|name| {
+        let pos = routes.iter().position(|r| r.name == name.as_str());
+        if pos.is_none() && c.issues.iter().all(|i| !i.key.starts_with("routes")) {
+            c.err("default_route", format!("no route is named `{}`", name.as_str()));
+        }
+        pos
+    });
+
+    if c.issues.is_empty() {
+        Ok(Config { server, admin_listen, log, upstream, inject, session, token, redis, accounts, routes, default_route })
+    } else {
+        Err(ConfigError { issues: c.issues })
+    }
+}
+
+fn server(c: &mut Checker, raw: &RawConfig) -> ServerConfig {
+    let s = &raw.server;
+    let listen: Vec<SocketAddr> = s.listen.to_vec().iter().filter_map(|a| c.addr("server.listen", a)).collect();
+    if s.listen.to_vec().is_empty() {
+        c.err("server.listen", "at least one listen address is needed");
+    }
+    let mut trusted = Vec::new();
+    for t in s.trusted_proxies.to_vec() {
+        let parsed = t.parse::<IpNet>().or_else(|_| t.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(n) => trusted.push(n),
+            Err(_) => c.err("server.trusted_proxies", format!("`{t}` is not a CIDR like 10.0.0.0/8 or an IP address")),
+        }
+    }
+    ServerConfig {
+        listen,
+        max_connections: c.nonzero("server.max_connections", s.max_connections) as usize,
+        header_read_timeout: c.positive_duration("server.header_read_timeout", &s.header_read_timeout),
+        idle_timeout: c.positive_duration("server.idle_timeout", &s.idle_timeout),
+        max_header_bytes: {
+            let v = c.nonzero("server.max_header_bytes", s.max_header_bytes);
+            if v > 0 && v < 1024 {
+                c.err("server.max_header_bytes", "must be at least 1024");
+            }
+            v as usize
+        },
+        max_headers: c.nonzero("server.max_headers", s.max_headers) as usize,
+        grace_period: c.duration("server.grace_period", &s.grace_period),
+        trusted_proxies: trusted,
+        h2_max_concurrent_streams: c.nonzero("server.h2_max_concurrent_streams", s.h2_max_concurrent_streams) as u32,
+    }
+}
+
+fn inject(c: &mut Checker, raw: &RawConfig) -> InjectConfig {
+    let i = &raw.inject;
+    let widget_url = i.widget_url.as_str().to_owned();
+    match url::Url::parse(&widget_url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        Ok(_) | Err(_) if widget_url.starts_with('/') => {}
+        _ => c.err("inject.widget_url", format!("`{widget_url}` is not an http(s) URL or an absolute path")),
+    }
+    let attr_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b));
+    if !attr_ok(i.script_id.as_str()) {
+        c.err("inject.script_id", "must be non-empty letters, digits, '-', '_' or ':'");
+    }
+    if !attr_ok(i.token_attribute.as_str()) {
+        c.err("inject.token_attribute", "must be non-empty letters, digits, '-', '_' or ':'");
+    }
+    let content_types: Vec<String> = i.content_types.iter().map(|t| t.as_str().trim().to_ascii_lowercase()).collect();
+    for t in &content_types {
+        if !t.contains('/') || t.contains(';') {
+            c.err("inject.content_types", format!("`{t}` is not a media type like text/html"));
+        }
+    }
+    let mut statuses = Vec::new();
+    for s in &i.statuses {
+        let s = s.as_str().trim();
+        let parsed = match s.split_once('-') {
+            Some((a, b)) => a.trim().parse::<u16>().ok().zip(b.trim().parse::<u16>().ok()),
+            None => s.parse::<u16>().ok().map(|v| (v, v)),
+        };
+        match parsed {
+            Some((a, b)) if (100..=599).contains(&a) && (100..=599).contains(&b) && a <= b => {
+                statuses.push(StatusRange(a, b))
+            }
+            _ => c.err("inject.statuses", format!("`{s}` is not a status or range like \"200-299\"")),
+        }
+    }
+    for p in [("inject.token_path", &i.token_path), ("inject.helper_path", &i.helper_path)] {
+        if !p.1.as_str().starts_with('/') {
+            c.err(p.0, format!("`{}` must be an absolute path starting with '/'", p.1.as_str()));
+        }
+    }
+    InjectConfig {
+        widget_url,
+        script_id: i.script_id.0.clone(),
+        token_attribute: i.token_attribute.0.clone(),
+        content_types,
+        statuses,
+        exclude_statuses: i.exclude_statuses.clone(),
+        iframes: i.iframes,
+        debug_header: i.debug_header,
+        dev_token: i.dev_token.as_ref().map(|t| t.0.clone()).filter(|t| !t.is_empty()),
+        max_rewriter_memory: {
+            let v = c.nonzero("inject.max_rewriter_memory", i.max_rewriter_memory);
+            if v > 0 && v < 64 * 1024 {
+                c.err("inject.max_rewriter_memory", "must be at least 65536 bytes");
+            }
+            v as usize
+        },
+        max_decompressed_bytes: c.nonzero("inject.max_decompressed_bytes", i.max_decompressed_bytes),
+        max_decompression_ratio: c.nonzero("inject.max_decompression_ratio", i.max_decompression_ratio),
+        fallback_html: i.fallback_html.as_ref().map(|f| f.0.clone()).filter(|f| !f.is_empty()),
+        token_path: i.token_path.0.clone(),
+        helper_path: i.helper_path.0.clone(),
+        refresh_helper: i.refresh_helper,
+    }
+}
+
+fn token(c: &mut Checker, raw: &RawConfig) -> TokenConfig {
+    let t = &raw.token;
+    let lifetime = c.positive_duration("token.lifetime", &t.lifetime);
+    if lifetime > Duration::from_secs(24 * 3600) {
+        c.err("token.lifetime", "ChatHub issues operator tokens for at most 24h");
+    }
+    let refresh_ahead = c.duration("token.refresh_ahead", &t.refresh_ahead);
+    let safety_margin = c.duration("token.safety_margin", &t.safety_margin);
+    if !lifetime.is_zero() && safety_margin >= lifetime {
+        c.err("token.safety_margin", "must be shorter than token.lifetime");
+    }
+    TokenConfig {
+        lifetime,
+        refresh_ahead,
+        safety_margin,
+        skew_margin: c.duration("token.skew_margin", &t.skew_margin),
+        capacity: c.nonzero("token.capacity", t.capacity),
+        budget: c.duration("token.budget", &t.budget),
+        operators_ttl: c.positive_duration("token.operators_ttl", &t.operators_ttl),
+        breaker_failures: c.nonzero("token.breaker_failures", t.breaker_failures) as u32,
+        breaker_open_for: c.positive_duration("token.breaker_open_for", &t.breaker_open_for),
+    }
+}
+
+fn redis(c: &mut Checker, raw: &RawConfig) -> Option<RedisConfig> {
+    let r = &raw.redis;
+    let url = r.url.as_ref().map(|u| u.0.trim().to_owned()).filter(|u| !u.is_empty())?;
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+        c.err("redis.url", format!("`{url}` is not a redis:// URL"));
+    }
+    Some(RedisConfig {
+        url,
+        key_prefix: r.key_prefix.as_ref().map(|p| p.0.clone()).unwrap_or_else(|| "chathub-proxy:".into()),
+        lock_ttl: r.lock_ttl.as_ref().map(|d| c.positive_duration("redis.lock_ttl", d)).unwrap_or(Duration::from_secs(10)),
+        timeout: r.timeout.as_ref().map(|d| c.positive_duration("redis.timeout", d)).unwrap_or(Duration::from_millis(250)),
+    })
+}
+
+/// Read a secret from the environment variable or file that config names.
+fn read_secret(c: &mut Checker, key_env: &str, env: &Option<Str>, key_file: &str, file: &Option<Str>) -> Option<Secret> {
+    if let Some(var) = env {
+        return match std::env::var(var.as_str()) {
+            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_owned())),
+            _ => {
+                c.err(key_env, format!("environment variable `{}` is not set or empty", var.as_str()));
+                None
+            }
+        };
+    }
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path.as_str()) {
+            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_owned())),
+            Ok(_) => {
+                c.err(key_file, format!("file `{}` is empty", path.as_str()));
+                None
+            }
+            Err(e) => {
+                c.err(key_file, format!("cannot read `{}`: {e}", path.as_str()));
+                None
+            }
+        };
+    }
+    None
+}
+
+fn account(c: &mut Checker, name: &str, a: &RawAccount) -> Option<Account> {
+    let k = |f: &str| format!("accounts.{name}.{f}");
+    if a.password.is_some() {
+        c.err(k("password"), "secrets are never inline: use password_env or password_file");
+    }
+    if a.api_key.is_some() {
+        c.err(k("api_key"), "secrets are never inline: use api_key_env or api_key_file");
+    }
+    let base = a.base_url.as_ref().map(|s| s.as_str()).unwrap_or("https://chatapi.smsbat.com");
+    let base_url = match url::Url::parse(base) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Some(u),
+        _ => {
+            c.err(k("base_url"), format!("`{base}` is not an http(s) URL"));
+            None
+        }
+    };
+    let login = match (&a.login, &a.login_env) {
+        (Some(l), _) => Some(l.0.clone()),
+        (None, Some(var)) => match std::env::var(var.as_str()) {
+            Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
+            _ => {
+                c.err(k("login_env"), format!("environment variable `{}` is not set or empty", var.as_str()));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let has_password = a.password_env.is_some() || a.password_file.is_some();
+    let has_key = a.api_key_env.is_some() || a.api_key_file.is_some();
+    let credentials = if has_key && (has_password || login.is_some()) {
+        c.err(k("api_key_env"), "give either login + password or an API key, not both");
+        None
+    } else if has_key {
+        read_secret(c, &k("api_key_env"), &a.api_key_env, &k("api_key_file"), &a.api_key_file).map(Credentials::ApiKey)
+    } else if has_password {
+        let password = read_secret(c, &k("password_env"), &a.password_env, &k("password_file"), &a.password_file);
+        if login.is_none() && a.login_env.is_none() {
+            c.err(k("login"), "a password needs a login (login or login_env)");
+        }
+        login.zip(password).map(|(login, password)| Credentials::Login { login, password })
+    } else {
+        c.err(k("password_env"), "no credentials: set login + password_env/password_file, or api_key_env/api_key_file");
+        None
+    };
+    let connect_timeout = a.connect_timeout.as_ref().map(|d| c.positive_duration(&k("connect_timeout"), d)).unwrap_or(Duration::from_secs(3));
+    let request_timeout = a.request_timeout.as_ref().map(|d| c.positive_duration(&k("request_timeout"), d)).unwrap_or(Duration::from_secs(10));
+    Some(Account { name: name.to_owned(), base_url: base_url?, credentials: credentials?, connect_timeout, request_timeout })
+}
+
+/// Parse one host pattern: `example.com`, `*.example.com`, `Example.com:8080`.
+pub(crate) fn host_pattern(s: &str) -> Result<HostPattern, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let (wildcard, rest) = match s.strip_prefix("*.") {
+        Some(r) => (true, r),
+        None => (false, s.as_str()),
+    };
+    let (name, port) = match rest.rsplit_once(':') {
+        Some((n, p)) if !n.contains(':') => (n, Some(p.parse::<u16>().map_err(|_| format!("`{s}` has a bad port"))?)),
+        _ => (rest, None),
+    };
+    let name = name.trim_end_matches('.');
+    let valid = !name.is_empty()
+        && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    if !valid {
+        return Err(format!("`{s}` is not a host name (use `example.com` or `*.example.com`)"));
+    }
+    Ok(HostPattern { name: name.to_owned(), wildcard, port })
+}
+
+fn route(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>], raw: &RawConfig) -> Option<Route> {
+    let k = |f: &str| format!("routes[{i}].{f}");
+    let name = r.name.as_ref().map(|n| n.0.clone()).unwrap_or_else(|| format!("route{i}"));
+    let mut hosts = Vec::new();
+    match &r.hosts {
+        None => c.err(k("hosts"), "a route needs at least one host"),
+        Some(h) => {
+            let list = h.to_vec();
+            if list.is_empty() {
+                c.err(k("hosts"), "a route needs at least one host");
+            }
+            for h in list {
+                match host_pattern(&h) {
+                    Ok(p) => hosts.push(p),
+                    Err(e) => c.err(k("hosts"), e),
+                }
+            }
+        }
+    }
+    let path_prefix = match &r.path_prefix {
+        None => String::new(),
+        Some(p) if !p.as_str().starts_with('/') => {
+            c.err(k("path_prefix"), format!("`{}` must start with '/'", p.as_str()));
+            String::new()
+        }
+        Some(p) => p.as_str().trim_end_matches('/').to_owned(),
+    };
+    let upstream = match &r.upstream {
+        None => {
+            c.err(k("upstream"), "a route needs an upstream URL such as http://127.0.0.1:8081");
+            None
+        }
+        Some(u) => match u.as_str().parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http") | Some("https")) && uri.authority().is_some() => {
+                if uri.path() != "/" && !uri.path().is_empty() {
+                    c.err(k("upstream"), format!("`{}` must not have a path; the client's path is forwarded as is", u.as_str()));
+                }
+                Some(uri)
+            }
+            _ => {
+                c.err(k("upstream"), format!("`{}` is not an http:// or https:// URL", u.as_str()));
+                None
+            }
+        },
+    };
+    let mut exclude_paths = Vec::new();
+    for p in &r.exclude_paths {
+        if !p.as_str().starts_with('/') {
+            c.err(k("exclude_paths"), format!("`{}` must start with '/'", p.as_str()));
+        }
+        exclude_paths.push(p.0.clone());
+    }
+    let csp = match r.csp.as_ref().map(|s| s.as_str().to_ascii_lowercase()) {
+        None => CspMode::Auto,
+        Some(s) => match s.as_str() {
+            "auto" => CspMode::Auto,
+            "nonce" => CspMode::Nonce,
+            "amend" => CspMode::Amend,
+            "off" => CspMode::Off,
+            other => {
+                c.err(k("csp"), format!("`{other}` is not one of \"auto\", \"nonce\", \"amend\", \"off\""));
+                CspMode::Auto
+            }
+        },
+    };
+    let chat = chat_target(c, i, r, accounts, raw);
+    Some(Route {
+        name,
+        hosts,
+        path_prefix,
+        upstream: upstream?,
+        preserve_host: r.preserve_host.unwrap_or(true),
+        inject: r.inject.unwrap_or(true),
+        exclude_paths,
+        chat,
+        csp,
+    })
+}
+
+fn chat_target(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>], raw: &RawConfig) -> Option<ChatTarget> {
+    let k = |f: &str| format!("routes[{i}].{f}");
+    let account_name = match &r.account {
+        Some(a) => a.0.clone(),
+        None => {
+            if r.organization.is_some() || r.operator.is_some() {
+                // One account is the common case; let routes leave it out then.
+                if raw.accounts.len() == 1 {
+                    raw.accounts.keys().next().cloned().unwrap_or_default()
+                } else {
+                    c.err(k("account"), "name the ChatHub account (there is more than one, or none)");
+                    return None;
+                }
+            } else {
+                return None;
+            }
+        }
+    };
+    let account = match accounts.iter().find(|a| a.name == account_name) {
+        Some(a) => a.clone(),
+        None => {
+            if !raw.accounts.contains_key(&account_name) {
+                c.err(k("account"), format!("no account is named `{account_name}` under [accounts]"));
+            }
+            return None;
+        }
+    };
+    let organization = match &r.organization {
+        Some(IdOrName::Id(id)) => OrgRef::Id(*id),
+        Some(IdOrName::Name(n)) if !n.trim().is_empty() => match n.trim().parse::<i64>() {
+            Ok(id) => OrgRef::Id(id),
+            Err(_) => OrgRef::Name(n.trim().to_owned()),
+        },
+        _ => {
+            c.err(k("organization"), "a route with an account needs an organization (id or name)");
+            return None;
+        }
+    };
+    let operator = operator_rule(c, i, r.operator.as_ref()?)?;
+    Some(ChatTarget { account, organization, operator })
+}
+
+fn operator_rule(c: &mut Checker, i: usize, o: &RawOperatorRule) -> Option<OperatorRule> {
+    let k = |f: &str| format!("routes[{i}].operator.{f}");
+    let rule = o.rule.as_ref().map(|r| r.as_str().to_ascii_lowercase()).unwrap_or_else(|| "first-active".into());
+    match rule.as_str() {
+        "fixed" => match o.id {
+            Some(id) => Some(OperatorRule::Fixed(id)),
+            None => {
+                c.err(k("id"), "rule \"fixed\" needs an operator id");
+                None
+            }
+        },
+        "first-active" => Some(OperatorRule::FirstActive),
+        "spread" => Some(OperatorRule::Spread),
+        "identity" => {
+            let header = match &o.header {
+                Some(h) => match http::HeaderName::from_bytes(h.as_str().as_bytes()) {
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        c.err(k("header"), format!("`{}` is not a header name", h.as_str()));
+                        None
+                    }
+                },
+                None => None,
+            };
+            let source = IdentitySource {
+                header,
+                basic_auth: o.basic_auth.unwrap_or(false),
+                cookie: o.cookie.as_ref().map(|s| s.0.clone()),
+            };
+            if source.header.is_none() && !source.basic_auth && source.cookie.is_none() && o.header.is_none() {
+                c.err(k("header"), "rule \"identity\" needs a header, basic_auth = true or a cookie to read the user from");
+            }
+            Some(OperatorRule::Identity {
+                source,
+                map: o.map.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                by_name: o.by_name.unwrap_or(o.map.is_empty()),
+                provision: o.provision.unwrap_or(false),
+            })
+        }
+        other => {
+            c.err(k("rule"), format!("`{other}` is not one of \"fixed\", \"first-active\", \"identity\", \"spread\""));
+            None
+        }
+    }
+}
+
+/// Two routes claiming the same host and path prefix would make routing depend
+/// on file order; refuse that.
+fn check_host_clashes(c: &mut Checker, routes: &[Arc<Route>]) {
+    let mut seen: std::collections::HashMap<(String, bool, Option<u16>, String), &str> = Default::default();
+    for (i, r) in routes.iter().enumerate() {
+        for h in &r.hosts {
+            let key = (h.name.clone(), h.wildcard, h.port, r.path_prefix.clone());
+            if let Some(other) = seen.insert(key, &r.name) {
+                c.err(format!("routes[{i}].hosts"), format!("`{h}` with path_prefix `{}` is already claimed by route `{other}`", r.path_prefix));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues(toml: &str) -> Vec<ConfigIssue> {
+        from_toml_str(toml).err().map(|e| e.issues).unwrap_or_default()
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let got = issues(
+            r#"
+            server.listen = ["nope"]
+            server.header_read_timeout = "soon"
+            log.format = "xml"
+            [[routes]]
+            hosts = ["bad host!"]
+            upstream = "ftp://x"
+            "#,
+        );
+        let keys: Vec<&str> = got.iter().map(|i| i.key.as_str()).collect();
+        assert!(keys.contains(&"server.listen"), "{keys:?}");
+        assert!(keys.contains(&"server.header_read_timeout"), "{keys:?}");
+        assert!(keys.contains(&"log.format"), "{keys:?}");
+        assert!(keys.contains(&"routes[0].hosts"), "{keys:?}");
+        assert!(keys.contains(&"routes[0].upstream"), "{keys:?}");
+    }
+
+    #[test]
+    fn inline_secrets_are_refused() {
+        let got = issues(
+            r#"
+            [accounts.main]
+            login = "acme"
+            password = "hunter2"
+            "#,
+        );
+        assert!(got.iter().any(|i| i.key == "accounts.main.password" && i.message.contains("never inline")), "{got:?}");
+        assert!(got.iter().all(|i| !i.to_string().contains("hunter2")));
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(host_pattern("Example.COM").unwrap(), HostPattern { name: "example.com".into(), wildcard: false, port: None });
+        assert_eq!(host_pattern("*.a.b:8080").unwrap(), HostPattern { name: "a.b".into(), wildcard: true, port: Some(8080) });
+        assert!(host_pattern("a b").is_err());
+        assert!(host_pattern("a.b:x").is_err());
+    }
+
+    #[test]
+    fn prefix_matches_on_segment_boundaries() {
+        assert!(path_has_prefix("/app", "/app"));
+        assert!(path_has_prefix("/app/x", "/app/"));
+        assert!(!path_has_prefix("/app2", "/app"));
+        assert!(path_has_prefix("/anything", ""));
+    }
+
+    #[test]
+    fn a_minimal_route_validates() {
+        let cfg = from_toml_str(
+            r#"
+            [[routes]]
+            name = "site"
+            hosts = "example.com, *.example.com"
+            upstream = "http://127.0.0.1:8081"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.routes.len(), 1);
+        assert_eq!(cfg.routes[0].hosts.len(), 2);
+        assert!(cfg.routes[0].chat.is_none());
+    }
+}

@@ -1,0 +1,64 @@
+//! chathub-proxy: a streaming reverse proxy that adds ChatHub's operator chat
+//! panel to every HTML page of a site, without touching the site.
+//!
+//! ```text
+//! server ─accept─▶ proxy::handle ─▶ route ─▶ upstream ─▶ (HTML?) token ─▶ rewrite ─▶ client
+//! sockets,          one straight-line         pure       hyper-util       moka +     lol_html,
+//! shutdown          function; maps errors     lookup     client           ChatHub    pure, sync
+//! ```
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`config`] | defaults < `config.toml` < environment, validated into typed values |
+//! | [`server`] | listeners, connection limits, timeouts, graceful shutdown |
+//! | [`admin`] | `/healthz`, `/readyz`, `/metrics` on their own listener |
+//! | [`proxy`] | the request path: route, forward, decide, inject; errors to responses |
+//! | [`route`] | host and path → route, by hash lookups |
+//! | [`forwarded`] | hop-by-hop headers and `X-Forwarded-*` / `Forwarded` |
+//! | [`upstream`] | pooled hyper-util client with connect and header deadlines |
+//! | [`inject`] | which responses get the widget, and their header changes |
+//! | [`codec`] | content codings: decode, bound, re-encode |
+//! | [`rewrite`] | lol_html streaming insertion |
+//! | [`tag`] | the widget tag, escaped, built once per config |
+//! | [`session`] | the proxy's session cookie |
+//! | [`token`] | per-session operator tokens: cache, refresh, budget, breaker |
+//! | [`operator`] | the operator rules per route |
+//! | [`shared`] | Redis store shared by replicas |
+//! | [`chathub`] | ChatHub API client |
+//! | [`emulator`] | a local ChatHub emulator for tests and the demo |
+//! | [`metrics`] | Prometheus counters |
+//! | [`telemetry`] | tracing subscriber set-up |
+//! | [`error`] | the proxy's error type and the status each error maps to |
+//! | [`secret`] | a string type that never prints |
+//! | [`body`] | the one response body type |
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod chathub;
+pub mod codec;
+pub mod config;
+pub mod emulator;
+pub mod error;
+pub mod forwarded;
+pub mod inject;
+pub mod metrics;
+pub mod operator;
+pub mod proxy;
+pub mod rewrite;
+pub mod route;
+pub mod secret;
+pub mod server;
+pub mod session;
+pub mod shared;
+pub mod tag;
+pub mod telemetry;
+pub mod token;
+pub mod upstream;
+
+/// Install the process-wide rustls crypto provider (ring) once. Both the
+/// upstream client and the ChatHub client call this before building TLS configs.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,130 @@
+//! Prometheus counters for everything an operator asks "why?" about: requests,
+//! injected or skipped pages by reason, rewriter bail-outs, token mints and the
+//! ChatHub circuit breaker. Served as text on the admin listener.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+    reason: String,
+}
+
+/// All counters of one proxy instance (tests run several, so nothing is global).
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    inject: Family<OutcomeLabels, Counter>,
+    rewrite_failures: Family<ReasonLabels, Counter>,
+    upstream_errors: Family<ReasonLabels, Counter>,
+    token_events: Family<ReasonLabels, Counter>,
+    breaker_open: Gauge,
+    connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("chathub_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let inject = Family::<OutcomeLabels, Counter>::default();
+        let rewrite_failures = Family::<ReasonLabels, Counter>::default();
+        let upstream_errors = Family::<ReasonLabels, Counter>::default();
+        let token_events = Family::<ReasonLabels, Counter>::default();
+        let breaker_open = Gauge::default();
+        let connections = Gauge::default();
+        registry.register("requests", "Requests answered, by route and status", requests.clone());
+        registry.register("inject", "HTML responses by outcome (injected/skipped) and reason", inject.clone());
+        registry.register("rewrite_failures", "Rewriter bail-outs; the rest of the page passed through unchanged", rewrite_failures.clone());
+        registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
+        registry.register("token_events", "Token cache and ChatHub API events", token_events.clone());
+        registry.register("breaker_open", "1 while the ChatHub circuit breaker is open", breaker_open.clone());
+        registry.register("open_connections", "Client connections currently open", connections.clone());
+        Metrics { registry, requests, inject, rewrite_failures, upstream_errors, token_events, breaker_open, connections }
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        self.requests.get_or_create(&RequestLabels { route: route.to_owned(), status }).inc();
+    }
+
+    /// Count a page that got the widget.
+    pub fn injected(&self) {
+        self.inject.get_or_create(&OutcomeLabels { outcome: "injected".into(), reason: "".into() }).inc();
+    }
+
+    /// Count a response that did not get the widget, and why.
+    pub fn skipped(&self, reason: &str) {
+        self.inject.get_or_create(&OutcomeLabels { outcome: "skipped".into(), reason: reason.to_owned() }).inc();
+    }
+
+    pub fn rewrite_failure(&self, reason: &str) {
+        self.rewrite_failures.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    pub fn upstream_error(&self, reason: &str) {
+        self.upstream_errors.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    /// Token layer events: `hit`, `mint`, `mint_failed`, `budget_exceeded`, `breaker_open`, ...
+    pub fn token_event(&self, event: &str) {
+        self.token_events.get_or_create(&ReasonLabels { reason: event.to_owned() }).inc();
+    }
+
+    pub fn set_breaker_open(&self, open: bool) {
+        self.breaker_open.set(open as i64);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+    }
+
+    /// Current value of a token event counter (tests and `token` command).
+    pub fn token_event_count(&self, event: &str) -> u64 {
+        self.token_events.get_or_create(&ReasonLabels { reason: event.to_owned() }).get()
+    }
+
+    /// Current count of skipped responses for a reason.
+    pub fn skipped_count(&self, reason: &str) -> u64 {
+        self.inject.get_or_create(&OutcomeLabels { outcome: "skipped".into(), reason: reason.to_owned() }).get()
+    }
+
+    pub fn rewrite_failure_count(&self, reason: &str) -> u64 {
+        self.rewrite_failures.get_or_create(&ReasonLabels { reason: reason.to_owned() }).get()
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Shared handle.
+pub type SharedMetrics = Arc<Metrics>;
