@@ -26,6 +26,7 @@
 //! | [`shared`] | Redis store shared by replicas |
 //! | [`chathub`] | ChatHub API client |
 //! | [`emulator`] | a local ChatHub emulator for tests and the demo |
+//! | [`demo`] | the built-in demo: emulator, demo site and proxy on loopback |
 //! | [`metrics`] | Prometheus counters |
 //! | [`telemetry`] | tracing subscriber set-up |
 //! | [`error`] | the proxy's error type and the status each error maps to |
@@ -38,6 +39,7 @@ pub mod admin;
 pub mod body;
 pub mod chathub;
 pub mod codec;
+pub mod demo;
 pub mod config;
 pub mod emulator;
 pub mod error;
