@@ -1,1 +1,383 @@
-//! TODO
+//! The request path, as one straight line: check the head, find the route,
+//! forward, and for eligible HTML pages decode → rewrite → re-encode with the
+//! session's token. The outer [`handle`] logs and maps every error to a small
+//! synthetic response; [`handle_inner`] reads top to bottom.
+
+use crate::body::{self, Body, BoxError};
+use crate::codec;
+use crate::config::{Config, Route};
+use crate::error::ProxyError;
+use crate::forwarded;
+use crate::inject::{self, Skip};
+use crate::metrics::SharedMetrics;
+use crate::rewrite::{self, RewritePlan};
+use crate::route::{RouteTable, normalize_host};
+use crate::secret::Secret;
+use crate::server::ServerError;
+use crate::tag::TagTemplate;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, Span, field, info, warn};
+
+/// Everything a request needs, shared by all connections.
+pub struct State {
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    pub upstream: Upstream,
+    pub metrics: SharedMetrics,
+    pub tag: TagTemplate,
+}
+
+impl State {
+    /// Build the shared state from a validated config.
+    pub async fn new(config: Arc<Config>, metrics: SharedMetrics) -> Result<State, ServerError> {
+        Ok(State {
+            routes: RouteTable::new(&config),
+            upstream: Upstream::new(&config.upstream).map_err(ServerError::Client)?,
+            tag: TagTemplate::new(&config.inject),
+            metrics,
+            config,
+        })
+    }
+}
+
+const X_CHATHUB_INJECT: HeaderName = HeaderName::from_static("x-chathub-inject");
+
+/// The service function: never fails, logs one line per request when its body ends.
+pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        host = field::Empty,
+        path = %req.uri().path(),
+        route = field::Empty,
+        upstream = field::Empty,
+    );
+    let mut route_name: Option<String> = None;
+    let resp = match handle_inner(&state, peer, req, &span, &mut route_name).instrument(span.clone()).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let _g = span.enter();
+            warn!(kind = e.kind(), error = %e, "request failed");
+            if e.status().is_server_error() {
+                state.metrics.upstream_error(e.kind());
+            }
+            e.into_response()
+        }
+    };
+    state.metrics.request(route_name.as_deref().unwrap_or("-"), resp.status().as_u16());
+    let status = resp.status().as_u16();
+    Ok(resp.map(|b| LoggedBody::wrap(b, span, status, start)))
+}
+
+async fn handle_inner(
+    state: &State,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    span: &Span,
+    route_name: &mut Option<String>,
+) -> Result<Response<Body>, ProxyError> {
+    let cfg = &state.config;
+
+    // 1. The head: exactly one Host, a bounded size, no CONNECT.
+    let host = request_host(&req)?;
+    span.record("host", host.as_str());
+    check_head_size(req.headers(), cfg.server.max_header_bytes)?;
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let path = req.uri().path().to_owned();
+
+    // 2. The route: config names every upstream we may dial.
+    let route = state.routes.lookup(&host, &path).ok_or(ProxyError::NoRoute)?.clone();
+    span.record("route", route.name.as_str());
+    span.record("upstream", field::display(&route.upstream));
+    *route_name = Some(route.name.clone());
+
+    // 3. The upstream request.
+    let upgrade = requested_upgrade(req.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    let client_accept = parts.headers.get(header::ACCEPT_ENCODING).cloned();
+    forwarded::strip_hop_by_hop(&mut parts.headers);
+    let trusted = cfg.server.is_trusted(peer.ip());
+    let _client = forwarded::set_forwarded(&mut parts.headers, peer.ip(), trusted, "http", &host);
+    if let Some(proto) = &upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto.clone());
+    }
+    set_upstream_host(&mut parts.headers, &route, &host);
+    parts.uri = upstream_uri(&route.upstream, &parts.uri)?;
+    // An HTTP/2 client's request goes to an HTTP/1 upstream as HTTP/1.1; ALPN
+    // still picks h2 where a TLS upstream offers it.
+    parts.version = Version::HTTP_11;
+
+    let page = match inject::check_request(&parts.method, &path, &parts.headers, &route, &cfg.inject) {
+        Ok(()) => {
+            inject::prepare_upstream_request(&mut parts.headers);
+            Ok(PendingToken::start(state, &route))
+        }
+        Err(skip) => Err(skip),
+    };
+    let is_head = parts.method == Method::HEAD;
+
+    let mut resp = state.upstream.send(Request::from_parts(parts, body::boxed(body))).await?;
+
+    // 4. Upgrades (WebSocket) become a byte tunnel once both sides agree.
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade).in_current_span());
+        }
+        return Ok(resp.map(body::boxed));
+    }
+
+    // 5. The response: pass through, or decode → rewrite → encode.
+    let (mut rparts, rbody) = resp.into_parts();
+    // The client's hop has its own version (an HTTP/1.0 upstream must not make
+    // an HTTP/1.1 client's response 1.0).
+    rparts.version = client_version;
+    forwarded::strip_hop_by_hop(&mut rparts.headers);
+    let decision = match page {
+        Err(skip) => Err(skip),
+        Ok(pending) => match inject::check_response(rparts.status, &rparts.headers, &cfg.inject) {
+            Err(skip) => Err(skip),
+            Ok(info) => pending.resolve(cfg.token.budget).await.map(|token| (info, token)),
+        },
+    };
+    let (info, token) = match decision {
+        Ok(x) => x,
+        Err(skip) => {
+            state.metrics.skipped(skip.reason());
+            mark(&mut rparts.headers, cfg, Err(skip));
+            return Ok(Response::from_parts(rparts, body::boxed(rbody)));
+        }
+    };
+
+    let rbody = body::boxed(rbody);
+    let limits = codec::DecodeLimits { max_bytes: cfg.inject.max_decompressed_bytes, max_ratio: cfg.inject.max_decompression_ratio };
+    let decoded = if is_head {
+        body::empty()
+    } else {
+        match codec::decode(rbody, info.coding, limits).await {
+            Ok(b) => b,
+            Err(original) => {
+                state.metrics.skipped(Skip::DecompressionLimit.reason());
+                mark(&mut rparts.headers, cfg, Err(Skip::DecompressionLimit));
+                return Ok(Response::from_parts(rparts, original));
+            }
+        }
+    };
+    let out = codec::choose_output(client_accept.as_ref(), info.coding);
+    inject::rewrite_response_headers(&mut rparts.headers);
+    set_content_encoding(&mut rparts.headers, out);
+    mark(&mut rparts.headers, cfg, Ok(()));
+    if is_head {
+        return Ok(Response::from_parts(rparts, body::empty()));
+    }
+    let plan = RewritePlan {
+        snippet: state.tag.render(token.expose(), None).into(),
+        script_id: cfg.inject.script_id.as_str().into(),
+        encoding: info.encoding,
+        max_memory: cfg.inject.max_rewriter_memory,
+    };
+    let rewritten = rewrite::rewrite(decoded, plan, state.metrics.clone());
+    Ok(Response::from_parts(rparts, codec::encode(rewritten, out)))
+}
+
+/// The token for a page, looked up in parallel with the upstream request.
+enum PendingToken {
+    Ready(Result<Secret, Skip>),
+    Spawned(JoinHandle<Result<Secret, Skip>>),
+}
+
+impl PendingToken {
+    fn start(state: &State, route: &Arc<Route>) -> PendingToken {
+        let _ = route;
+        match &state.config.inject.dev_token {
+            Some(t) => PendingToken::Ready(Ok(Secret::new(t.as_str()))),
+            None => PendingToken::Ready(Err(Skip::NoToken)),
+        }
+    }
+
+    /// Wait at most `budget`; past it the page goes out without the widget while
+    /// the lookup carries on in its own task and fills the cache.
+    async fn resolve(self, budget: std::time::Duration) -> Result<Secret, Skip> {
+        match self {
+            PendingToken::Ready(r) => r,
+            PendingToken::Spawned(mut handle) => match tokio::time::timeout(budget, &mut handle).await {
+                Err(_) => Err(Skip::TokenBudget),
+                Ok(Err(_join)) => Err(Skip::TokenUnavailable),
+                Ok(Ok(r)) => r,
+            },
+        }
+    }
+}
+
+fn mark(headers: &mut HeaderMap, cfg: &Config, outcome: Result<(), Skip>) {
+    if !cfg.inject.debug_header {
+        return;
+    }
+    let v = match outcome {
+        Ok(()) => HeaderValue::from_static("injected"),
+        Err(skip) => HeaderValue::from_str(&format!("skipped; reason={}", skip.reason())).unwrap_or(HeaderValue::from_static("skipped")),
+    };
+    headers.insert(X_CHATHUB_INJECT, v);
+}
+
+fn set_content_encoding(headers: &mut HeaderMap, coding: codec::Coding) {
+    headers.remove(header::CONTENT_ENCODING);
+    if let Some(name) = coding.as_header() {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(name));
+    }
+    let varies = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*"));
+    if !varies {
+        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// The one Host of a request: the URI authority (HTTP/2 `:authority` or an
+/// absolute-form target) wins over the header, as RFC 9112 §3.2.2 says.
+fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
+    let host = match req.uri().authority() {
+        Some(a) => a.as_str().to_owned(),
+        None => first.ok_or(ProxyError::MissingHost)?.to_str().map_err(|_| ProxyError::BadHost)?.to_owned(),
+    };
+    normalize_host(&host).ok_or(ProxyError::BadHost)?;
+    Ok(host)
+}
+
+fn check_head_size(headers: &HeaderMap, max: usize) -> Result<(), ProxyError> {
+    // hyper's own buffer cap can be bypassed across reads (hyper #4081), so sum
+    // the fields ourselves.
+    let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if size > max { Err(ProxyError::HeadTooLarge) } else { Ok(()) }
+}
+
+/// The protocol of an HTTP/1.1 Upgrade the proxy will pass on (WebSocket and
+/// the like). `h2c` is never forwarded: the upstream hop is ours to choose.
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    let proto = headers.get(header::UPGRADE)?;
+    (wants && !proto.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| proto.clone())
+}
+
+fn set_upstream_host(headers: &mut HeaderMap, route: &Route, client_host: &str) {
+    let value = if route.preserve_host {
+        HeaderValue::from_str(client_host).ok()
+    } else {
+        route.upstream.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    };
+    if let Some(v) = value {
+        headers.insert(header::HOST, v);
+    }
+}
+
+fn upstream_uri(base: &Uri, original: &Uri) -> Result<Uri, ProxyError> {
+    let pq = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut b = Uri::builder();
+    if let Some(s) = base.scheme() {
+        b = b.scheme(s.clone());
+    }
+    if let Some(a) = base.authority() {
+        b = b.authority(a.clone());
+    }
+    b.path_and_query(pq).build().map_err(|_| ProxyError::BadHost)
+}
+
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let (mut c, mut u) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(u));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => warn!(error = %e, "upgrade failed"),
+    }
+}
+
+/// A response body that counts its bytes and writes the access-log line when it
+/// ends, whether cleanly, with an error, or because the client went away.
+struct LoggedBody {
+    inner: Body,
+    span: Span,
+    status: u16,
+    bytes: u64,
+    start: Instant,
+    outcome: Option<&'static str>,
+}
+
+impl LoggedBody {
+    fn wrap(inner: Body, span: Span, status: u16, start: Instant) -> Body {
+        Body::new(LoggedBody { inner, span, status, bytes: 0, start, outcome: None })
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.outcome = Some("aborted"),
+            Poll::Ready(None) => self.outcome = self.outcome.or(Some("complete")),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or(if http_body::Body::is_end_stream(&self.inner) { "complete" } else { "client_gone" });
+        info!(
+            parent: &self.span,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            outcome,
+            "request"
+        );
+    }
+}

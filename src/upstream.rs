@@ -1,1 +1,58 @@
-//! TODO
+//! The pooled hyper-util client that carries requests to upstreams, with a
+//! connect deadline (→ 502) and a response-head deadline (→ 504). Bodies are not
+//! timed here: SSE and long-polls may stay quiet for as long as they like.
+
+use crate::body::Body;
+use crate::config::UpstreamConfig;
+use crate::error::ProxyError;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// A cheap-to-clone handle on the connection pool.
+#[derive(Clone)]
+pub struct Upstream {
+    client: HyperClient<HttpsConnector<HttpConnector>, Body>,
+    response_timeout: std::time::Duration,
+}
+
+impl Upstream {
+    /// Build the client: http and https (rustls, native roots), HTTP/1.1 with
+    /// ALPN h2 where the upstream offers it, idle connections reaped by a timer.
+    pub fn new(cfg: &UpstreamConfig) -> std::io::Result<Self> {
+        crate::init_crypto();
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            // Retries only requests that were never written to a pooled
+            // connection that turned out closed: nothing reached the upstream.
+            .retry_canceled_requests(true)
+            .set_host(false)
+            .build(https);
+        Ok(Upstream { client, response_timeout: cfg.response_timeout })
+    }
+
+    /// Send one request and wait for the response head within the deadline.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e)),
+            Ok(Err(e)) => Err(ProxyError::Upstream(e)),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
