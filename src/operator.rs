@@ -92,7 +92,12 @@ pub fn decide(
                 }
             }
         },
-        OperatorRule::Identity { map, by_name, provision, .. } => {
+        OperatorRule::Identity {
+            map,
+            by_name,
+            provision,
+            ..
+        } => {
             let Some(identity) = identity else {
                 return Decision::Skip(NoOperator::NoIdentity);
             };
@@ -148,7 +153,9 @@ pub fn spread(session: &SessionId, ids: &[i64]) -> Option<i64> {
         ^ u64::from_le_bytes([s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]]);
     // Ties (astronomically unlikely) go to the lower id, so the result does
     // not depend on list order.
-    ids.iter().copied().max_by_key(|&id| (mix(seed ^ mix(id as u64)), std::cmp::Reverse(id)))
+    ids.iter()
+        .copied()
+        .max_by_key(|&id| (mix(seed ^ mix(id as u64)), std::cmp::Reverse(id)))
 }
 
 /// splitmix64's finaliser: a fixed, well-mixing function, identical on every
@@ -174,7 +181,11 @@ pub fn identity_for(route: &Route, headers: &HeaderMap, peer_trusted: bool) -> O
 ///
 /// Basic auth and cookies are claims the proxy cannot check; they are only as
 /// good as the upstream's refusal to serve a page to the wrong credentials.
-pub fn identity(headers: &HeaderMap, source: &IdentitySource, peer_trusted: bool) -> Option<String> {
+pub fn identity(
+    headers: &HeaderMap,
+    source: &IdentitySource,
+    peer_trusted: bool,
+) -> Option<String> {
     let from_header = || {
         let name = source.header.as_ref()?;
         if !peer_trusted {
@@ -197,7 +208,10 @@ pub fn identity(headers: &HeaderMap, source: &IdentitySource, peer_trusted: bool
     let from_cookie = || {
         let name = source.cookie.as_deref()?;
         crate::session::cookie_values(headers, name).find_map(|raw| {
-            let raw = raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")).unwrap_or(raw);
+            let raw = raw
+                .strip_prefix(b"\"")
+                .and_then(|r| r.strip_suffix(b"\""))
+                .unwrap_or(raw);
             clean(&percent_decode(raw)?)
         })
     };
@@ -212,7 +226,10 @@ fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
         return None;
     }
     let creds = creds.trim();
-    let decoded = STANDARD.decode(creds).or_else(|_| STANDARD_NO_PAD.decode(creds)).ok()?;
+    let decoded = STANDARD
+        .decode(creds)
+        .or_else(|_| STANDARD_NO_PAD.decode(creds))
+        .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, _password) = decoded.split_once(':')?;
     clean(user)
@@ -243,4 +260,251 @@ fn percent_decode(raw: &[u8]) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http::header::{COOKIE, HeaderName};
+
+    fn op(id: i64, name: &str, status: OperatorStatus) -> Operator {
+        Operator {
+            id,
+            name: name.into(),
+            status,
+            organization_id: Some(1),
+        }
+    }
+
+    fn list() -> Vec<Operator> {
+        vec![
+            op(30, "Carol", OperatorStatus::Active),
+            op(10, "Alice", OperatorStatus::Inactive),
+            op(20, "Bob", OperatorStatus::Active),
+            op(40, "Dave", OperatorStatus::Deleted),
+            op(50, "Bob", OperatorStatus::Active),
+        ]
+    }
+
+    fn identity_rule(map: &[(&str, i64)], by_name: bool, provision: bool) -> OperatorRule {
+        OperatorRule::Identity {
+            source: IdentitySource {
+                header: None,
+                basic_auth: true,
+                cookie: None,
+            },
+            map: map.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            by_name,
+            provision,
+        }
+    }
+
+    fn sid(n: u8) -> SessionId {
+        let raw = [n; 16];
+        SessionId::parse(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(raw)
+                .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn fixed_needs_no_list() {
+        assert_eq!(
+            decide(&OperatorRule::Fixed(7), None, &sid(1), None),
+            Decision::Operator(7)
+        );
+    }
+
+    #[test]
+    fn first_active_is_the_lowest_active_id() {
+        let r = OperatorRule::FirstActive;
+        assert_eq!(decide(&r, None, &sid(1), None), Decision::NeedList);
+        assert_eq!(
+            decide(&r, None, &sid(1), Some(&list())),
+            Decision::Operator(20)
+        );
+        let none = [
+            op(1, "x", OperatorStatus::Inactive),
+            op(2, "y", OperatorStatus::Other(9)),
+        ];
+        assert_eq!(
+            decide(&r, None, &sid(1), Some(&none)),
+            Decision::Skip(NoOperator::NoActiveOperator)
+        );
+    }
+
+    #[test]
+    fn spread_is_stable_and_only_over_active_operators() {
+        let l = list();
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..=255u8 {
+            let d = decide(&OperatorRule::Spread, None, &sid(n), Some(&l));
+            // Same answer again, and whatever the list order.
+            let mut rev = l.clone();
+            rev.reverse();
+            assert_eq!(d, decide(&OperatorRule::Spread, None, &sid(n), Some(&rev)));
+            match d {
+                Decision::Operator(id) => {
+                    assert!([20, 30, 50].contains(&id), "{id} is not active");
+                    seen.insert(id);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen.len(), 3, "256 sessions use every active operator");
+        assert_eq!(
+            decide(&OperatorRule::Spread, None, &sid(1), Some(&[])),
+            Decision::Skip(NoOperator::NoActiveOperator)
+        );
+    }
+
+    #[test]
+    fn spread_moves_only_the_sessions_of_a_removed_operator() {
+        let ids = [1, 2, 3, 4, 5];
+        let fewer = [1, 2, 4, 5];
+        for n in 0..=255u8 {
+            let before = spread(&sid(n), &ids).unwrap();
+            let after = spread(&sid(n), &fewer).unwrap();
+            if before != 3 {
+                assert_eq!(before, after);
+            }
+        }
+    }
+
+    #[test]
+    fn identity_rule_without_identity_is_a_skip() {
+        let r = identity_rule(&[("alice", 1)], true, true);
+        assert_eq!(
+            decide(&r, None, &sid(1), Some(&list())),
+            Decision::Skip(NoOperator::NoIdentity)
+        );
+    }
+
+    #[test]
+    fn identity_rule_map_then_name_then_provision() {
+        let l = list();
+        let r = identity_rule(&[("boss", 99)], true, false);
+        assert_eq!(
+            decide(&r, Some("boss"), &sid(1), None),
+            Decision::Operator(99)
+        );
+        assert_eq!(decide(&r, Some("Carol"), &sid(1), None), Decision::NeedList);
+        assert_eq!(
+            decide(&r, Some("Carol"), &sid(1), Some(&l)),
+            Decision::Operator(30)
+        );
+        // Duplicated name: the lowest active id.
+        assert_eq!(
+            decide(&r, Some("Bob"), &sid(1), Some(&l)),
+            Decision::Operator(20)
+        );
+        // Names match exactly: `carol` is someone else.
+        assert_eq!(
+            decide(&r, Some("carol"), &sid(1), Some(&l)),
+            Decision::Skip(NoOperator::UnknownOperator)
+        );
+        assert_eq!(
+            decide(&r, Some("Alice"), &sid(1), Some(&l)),
+            Decision::Skip(NoOperator::InactiveOperator)
+        );
+        let p = identity_rule(&[], true, true);
+        assert_eq!(
+            decide(&p, Some("Erin"), &sid(1), Some(&l)),
+            Decision::Provision("Erin".into())
+        );
+        assert_eq!(
+            decide(&p, Some("Alice"), &sid(1), Some(&l)),
+            Decision::Skip(NoOperator::InactiveOperator)
+        );
+        let long = "x".repeat(101);
+        assert_eq!(
+            decide(&p, Some(&long), &sid(1), Some(&l)),
+            Decision::Skip(NoOperator::BadIdentity)
+        );
+        assert_eq!(
+            decide(&p, Some("a\u{7}b"), &sid(1), Some(&l)),
+            Decision::Skip(NoOperator::BadIdentity)
+        );
+        let map_only = identity_rule(&[("boss", 99)], false, false);
+        assert_eq!(
+            decide(&map_only, Some("Carol"), &sid(1), None),
+            Decision::Skip(NoOperator::UnknownOperator)
+        );
+    }
+
+    fn src(header: Option<&str>, basic: bool, cookie: Option<&str>) -> IdentitySource {
+        IdentitySource {
+            header: header.map(|h| HeaderName::from_bytes(h.as_bytes()).unwrap()),
+            basic_auth: basic,
+            cookie: cookie.map(str::to_owned),
+        }
+    }
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn header_identity_only_from_trusted_peers() {
+        let s = src(Some("x-user"), false, None);
+        let h = hm(&[("x-user", " alice ")]);
+        assert_eq!(identity(&h, &s, true).as_deref(), Some("alice"));
+        assert_eq!(identity(&h, &s, false), None);
+        let twice = hm(&[("x-user", "alice"), ("x-user", "mallory")]);
+        assert_eq!(identity(&twice, &s, true), None);
+        assert_eq!(identity(&hm(&[("x-user", "  ")]), &s, true), None);
+    }
+
+    #[test]
+    fn basic_auth_user() {
+        let s = src(None, true, None);
+        // alice:secret:with:colons
+        let h = hm(&[("authorization", "Basic YWxpY2U6c2VjcmV0OndpdGg6Y29sb25z")]);
+        assert_eq!(identity(&h, &s, false).as_deref(), Some("alice"));
+        let h = hm(&[("authorization", "basic YWxpY2U6eA")]); // no padding
+        assert_eq!(identity(&h, &s, false).as_deref(), Some("alice"));
+        for bad in ["Bearer abc", "Basic !!!", "Basic Ym9i", "Basic OnB3"] {
+            assert_eq!(
+                identity(&hm(&[("authorization", bad)]), &s, false),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(identity(&HeaderMap::new(), &s, false), None);
+    }
+
+    #[test]
+    fn cookie_identity_is_unquoted_and_percent_decoded() {
+        let s = src(None, false, Some("user"));
+        let h = hm(&[(COOKIE.as_str(), "a=1; user=jane%40example.com")]);
+        assert_eq!(identity(&h, &s, false).as_deref(), Some("jane@example.com"));
+        let h = hm(&[(COOKIE.as_str(), "user=\"Bob\"")]);
+        assert_eq!(identity(&h, &s, false).as_deref(), Some("Bob"));
+        let h = hm(&[(COOKIE.as_str(), "user=%ZZ")]);
+        assert_eq!(identity(&h, &s, false), None);
+    }
+
+    #[test]
+    fn sources_are_tried_in_order() {
+        let s = src(Some("x-user"), true, Some("user"));
+        let h = hm(&[
+            ("x-user", "hdr"),
+            ("authorization", "Basic YWxpY2U6eA=="),
+            (COOKIE.as_str(), "user=ck"),
+        ]);
+        assert_eq!(identity(&h, &s, true).as_deref(), Some("hdr"));
+        assert_eq!(identity(&h, &s, false).as_deref(), Some("alice"));
+        let h = hm(&[(COOKIE.as_str(), "user=ck")]);
+        assert_eq!(identity(&h, &s, true).as_deref(), Some("ck"));
+    }
 }

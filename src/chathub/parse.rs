@@ -48,7 +48,9 @@ impl TokenError {
 /// The body as text: lossy UTF-8, without a BOM and surrounding whitespace.
 pub(crate) fn text(body: &[u8]) -> String {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    String::from_utf8_lossy(body).trim_matches(|c: char| c.is_ascii_whitespace()).to_string()
+    String::from_utf8_lossy(body)
+        .trim_matches(|c: char| c.is_ascii_whitespace())
+        .to_string()
 }
 
 /// The body as JSON, whatever `Content-Type` claimed.
@@ -76,7 +78,9 @@ pub(crate) fn check_token(s: &str) -> Result<(), TokenError> {
     if s.is_empty() {
         return Err(TokenError::Empty);
     }
-    if s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'') {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'')
+    {
         return Err(TokenError::Forbidden);
     }
     Ok(())
@@ -100,6 +104,9 @@ pub(crate) fn token(body: &[u8]) -> Result<ParsedToken, TokenError> {
             .find_map(|k| v.get(k).and_then(Value::as_str))
             .and_then(datetime);
         (field.to_string(), exp)
+    } else if t == "null" {
+        // A JSON null (a missing token), not a token spelled `null`.
+        return Err(TokenError::Empty);
     } else {
         (t, None)
     };
@@ -114,7 +121,9 @@ pub(crate) fn looks_like_jwt(token: &str) -> bool {
     let parts: Vec<&str> = token.split('.').collect();
     parts.len() == 3
         && parts[..2].iter().all(|p| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -126,10 +135,14 @@ pub(crate) fn jwt_exp(token: &str) -> Option<OffsetDateTime> {
     if parts.next().is_some() || payload.len() > 16 * 1024 {
         return None;
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?;
-    let secs = exp.as_i64().or_else(|| exp.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))?;
+    let secs = exp
+        .as_i64()
+        .or_else(|| exp.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))?;
     OffsetDateTime::from_unix_timestamp(secs).ok()
 }
 
@@ -140,8 +153,12 @@ pub(crate) fn datetime(s: &str) -> Option<OffsetDateTime> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
         return Some(t);
     }
-    let with_t = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]");
-    let with_space = format_description!("[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]]");
+    let with_t = format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
+    );
+    let with_space = format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]]"
+    );
     PrimitiveDateTime::parse(s, with_t)
         .or_else(|_| PrimitiveDateTime::parse(s, with_space))
         .ok()
@@ -154,7 +171,8 @@ pub(crate) fn format_utc(t: OffsetDateTime) -> String {
     let fmt = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     // Formatting a valid date with a fixed numeric description cannot fail;
     // the fallback keeps this total anyway.
-    t.format(fmt).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(fmt)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// An id: a JSON integer, or an integer in a string.
@@ -191,7 +209,10 @@ pub(crate) fn organizations(body: &[u8]) -> Result<(Vec<Organization>, usize), S
     let orgs: Vec<Organization> = items
         .iter()
         .filter_map(|v| {
-            Some(Organization { id: id(v.get("id")?)?, name: string(v.get("name")).unwrap_or_default() })
+            Some(Organization {
+                id: id(v.get("id")?)?,
+                name: string(v.get("name")).unwrap_or_default(),
+            })
         })
         .collect();
     let skipped = total - orgs.len();
@@ -204,7 +225,9 @@ fn status(v: Option<&Value>) -> OperatorStatus {
         // E4's documented body and every E3 example carry a status; an entry
         // without one is taken as usable rather than dropped.
         None | Some(Value::Null) => OperatorStatus::Active,
-        Some(Value::Number(n)) => n.as_i64().map_or(OperatorStatus::Other(-1), OperatorStatus::from_code),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map_or(OperatorStatus::Other(-1), OperatorStatus::from_code),
         Some(Value::String(s)) => {
             let s = s.trim();
             if let Ok(n) = s.parse() {
@@ -223,7 +246,10 @@ fn status(v: Option<&Value>) -> OperatorStatus {
 
 /// E3/E4. `organization_id` fills in entries that do not name their
 /// organization (E4's body has none). Entries without an id are skipped.
-pub(crate) fn operators(body: &[u8], organization_id: Option<i64>) -> Result<(Vec<Operator>, usize), String> {
+pub(crate) fn operators(
+    body: &[u8],
+    organization_id: Option<i64>,
+) -> Result<(Vec<Operator>, usize), String> {
     let items = list(body)?;
     let total = items.len();
     let ops: Vec<Operator> = items
@@ -265,13 +291,22 @@ fn flag(v: &Value) -> Option<bool> {
 pub(crate) fn validation(body: &[u8]) -> Option<Validation> {
     let v = json(body)?;
     let o = v.as_object()?;
-    let valid = o.get("isValid").and_then(flag).or_else(|| o.get("valid").and_then(flag)).unwrap_or(false);
+    let valid = o
+        .get("isValid")
+        .and_then(flag)
+        .or_else(|| o.get("valid").and_then(flag))
+        .unwrap_or(false);
     Some(Validation {
         valid,
         // Invalid answers may carry `operatorId: 0`; no operator has id 0.
         operator_id: o.get("operatorId").and_then(id).filter(|&i| i != 0),
-        expires_at: o.get("expiresAt").and_then(Value::as_str).and_then(datetime),
-        error: ["error", "message", "title"].iter().find_map(|k| string(o.get(*k))),
+        expires_at: o
+            .get("expiresAt")
+            .and_then(Value::as_str)
+            .and_then(datetime),
+        error: ["error", "message", "title"]
+            .iter()
+            .find_map(|k| string(o.get(*k))),
     })
 }
 
@@ -312,7 +347,11 @@ pub(crate) fn summary(body: &[u8], secrets: &[&str]) -> String {
                 if let Some(Value::Object(errors)) = o.get("errors") {
                     for (field, msgs) in errors {
                         let msgs = match msgs {
-                            Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+                            Value::Array(a) => a
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", "),
                             Value::String(m) => m.clone(),
                             _ => continue,
                         };
@@ -320,7 +359,10 @@ pub(crate) fn summary(body: &[u8], secrets: &[&str]) -> String {
                     }
                 }
                 s
-            } else if let Some(m) = ["error", "message"].iter().find_map(|k| o.get(*k).and_then(Value::as_str)) {
+            } else if let Some(m) = ["error", "message"]
+                .iter()
+                .find_map(|k| o.get(*k).and_then(Value::as_str))
+            {
                 m.to_string()
             } else {
                 raw
@@ -328,7 +370,10 @@ pub(crate) fn summary(body: &[u8], secrets: &[&str]) -> String {
         }
         _ => raw,
     };
-    let printable: String = readable.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let printable: String = readable
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     // Redact before cutting, so that a secret across the cut cannot survive in part.
     truncate(redact(&printable, secrets), MAX_SUMMARY)
 }
@@ -361,7 +406,12 @@ mod tests {
             b"bearer abc.def.ghi",
         ];
         for c in cases {
-            assert_eq!(token(c).map(|t| t.token), Ok("abc.def.ghi".to_string()), "{}", String::from_utf8_lossy(c));
+            assert_eq!(
+                token(c).map(|t| t.token),
+                Ok("abc.def.ghi".to_string()),
+                "{}",
+                String::from_utf8_lossy(c)
+            );
         }
         let t = token(br#"{"token":"x.y.z","expiration":"2025-01-24T12:00:00Z"}"#).unwrap();
         assert_eq!(t.expiration, Some(datetime!(2025-01-24 12:00:00 UTC)));
@@ -372,36 +422,68 @@ mod tests {
         assert_eq!(token(b"").unwrap_err(), TokenError::Empty);
         assert_eq!(token(b" \r\n").unwrap_err(), TokenError::Empty);
         assert_eq!(token(b"\"\"").unwrap_err(), TokenError::Empty);
+        assert_eq!(token(b"null\n").unwrap_err(), TokenError::Empty);
         assert_eq!(token(b"\"abc").unwrap_err(), TokenError::BadJsonString);
-        assert_eq!(token(b"{\"token\":").unwrap_err(), TokenError::BadJsonObject);
-        assert_eq!(token(b"{\"jwt\":\"a\"}").unwrap_err(), TokenError::NoTokenField);
-        assert_eq!(token(b"{\"token\":null}").unwrap_err(), TokenError::NoTokenField);
+        assert_eq!(
+            token(b"{\"token\":").unwrap_err(),
+            TokenError::BadJsonObject
+        );
+        assert_eq!(
+            token(b"{\"jwt\":\"a\"}").unwrap_err(),
+            TokenError::NoTokenField
+        );
+        assert_eq!(
+            token(b"{\"token\":null}").unwrap_err(),
+            TokenError::NoTokenField
+        );
         assert_eq!(token(b"ab cd").unwrap_err(), TokenError::Forbidden);
         assert_eq!(token(b"ab\"cd").unwrap_err(), TokenError::Forbidden);
-        assert_eq!(token(b"\"ab\\u0000cd\"").unwrap_err(), TokenError::Forbidden);
+        assert_eq!(
+            token(b"\"ab\\u0000cd\"").unwrap_err(),
+            TokenError::Forbidden
+        );
         assert_eq!(token(b"\"ab\\tcd\"").unwrap_err(), TokenError::Forbidden);
-        assert_eq!(token(b"<html>oops</html> page").unwrap_err(), TokenError::Forbidden);
+        assert_eq!(
+            token(b"<html>oops</html> page").unwrap_err(),
+            TokenError::Forbidden
+        );
     }
 
     #[test]
     fn dates() {
         let want = datetime!(2025-01-20 14:33:34 UTC);
         assert_eq!(datetime("2025-01-20T14:33:34Z"), Some(want));
-        assert_eq!(datetime("2025-01-20T14:33:34.147Z"), Some(want + time::Duration::milliseconds(147)));
-        assert_eq!(datetime("2025-01-20T14:33:34.1470000Z"), Some(want + time::Duration::milliseconds(147)));
+        assert_eq!(
+            datetime("2025-01-20T14:33:34.147Z"),
+            Some(want + time::Duration::milliseconds(147))
+        );
+        assert_eq!(
+            datetime("2025-01-20T14:33:34.1470000Z"),
+            Some(want + time::Duration::milliseconds(147))
+        );
         assert_eq!(datetime("2025-01-20T16:33:34+02:00"), Some(want));
         assert_eq!(datetime("2025-01-20T14:33:34"), Some(want));
-        assert_eq!(datetime("2025-01-20T14:33:34.5"), Some(want + time::Duration::milliseconds(500)));
+        assert_eq!(
+            datetime("2025-01-20T14:33:34.5"),
+            Some(want + time::Duration::milliseconds(500))
+        );
         assert_eq!(datetime("2025-01-20 14:33:34"), Some(want));
         assert_eq!(datetime("yesterday"), None);
-        assert_eq!(format_utc(datetime!(2025-01-20 16:33:34.9 +2)), "2025-01-20T14:33:34Z");
+        assert_eq!(
+            format_utc(datetime!(2025-01-20 16:33:34.9 +2)),
+            "2025-01-20T14:33:34Z"
+        );
     }
 
     #[test]
     fn jwt_exp_is_opportunistic() {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"operator_id":123,"exp":1737412799}"#);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"operator_id":123,"exp":1737412799}"#);
         let tok = format!("eyJhbGciOiJIUzI1NiJ9.{payload}.example_signature");
-        assert_eq!(jwt_exp(&tok), OffsetDateTime::from_unix_timestamp(1737412799).ok());
+        assert_eq!(
+            jwt_exp(&tok),
+            OffsetDateTime::from_unix_timestamp(1737412799).ok()
+        );
         assert!(looks_like_jwt(&tok));
         assert_eq!(jwt_exp("not-a-jwt"), None);
         assert_eq!(jwt_exp("a.!!!.c"), None);
@@ -416,7 +498,15 @@ mod tests {
                         {"id":9007199254740993,"name":"big"}]"#;
         let (ops, skipped) = operators(body, Some(5)).unwrap();
         assert_eq!(skipped, 1);
-        assert_eq!(ops[0], Operator { id: 21, name: "Jane".into(), status: OperatorStatus::Inactive, organization_id: Some(24) });
+        assert_eq!(
+            ops[0],
+            Operator {
+                id: 21,
+                name: "Jane".into(),
+                status: OperatorStatus::Inactive,
+                organization_id: Some(24)
+            }
+        );
         assert_eq!(ops[1].id, 22);
         assert_eq!(ops[1].status, OperatorStatus::Other(7));
         assert_eq!(ops[1].organization_id, Some(5));
@@ -424,8 +514,16 @@ mod tests {
         assert_eq!(ops[3].id, 9007199254740993);
         assert!(operators(b"", None).is_err());
         assert!(operators(b"{\"a\":1}", None).is_err());
-        let (orgs, _) = organizations(b"\xEF\xBB\xBF{\"items\":[{\"id\":6,\"name\":\"Support\",\"x\":[]}]}").unwrap();
-        assert_eq!(orgs, vec![Organization { id: 6, name: "Support".into() }]);
+        let (orgs, _) =
+            organizations(b"\xEF\xBB\xBF{\"items\":[{\"id\":6,\"name\":\"Support\",\"x\":[]}]}")
+                .unwrap();
+        assert_eq!(
+            orgs,
+            vec![Organization {
+                id: 6,
+                name: "Support".into()
+            }]
+        );
     }
 
     #[test]
@@ -448,7 +546,10 @@ mod tests {
     #[test]
     fn summaries_are_short_printable_and_secret_free() {
         let pj = br#"{"type":"x","title":"One or more validation errors occurred.","status":400,"errors":{"Id":["The Id field is required."]},"traceId":"00-1"}"#;
-        assert_eq!(summary(pj, &[]), "One or more validation errors occurred.; Id: The Id field is required.");
+        assert_eq!(
+            summary(pj, &[]),
+            "One or more validation errors occurred.; Id: The Id field is required."
+        );
         assert_eq!(summary(b"bad\r\nthing", &[]), "bad  thing");
         let long = "é".repeat(400);
         let s = summary(long.as_bytes(), &[]);

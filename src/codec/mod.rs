@@ -7,8 +7,12 @@
 
 mod decode;
 mod encode;
+#[cfg(test)]
+mod testing;
 
-pub use decode::{DecodeError, DecodeLimits, RATIO_GRACE_BYTES, Refusal, Refused, decode, decode_checked};
+pub use decode::{
+    DecodeError, DecodeLimits, RATIO_GRACE_BYTES, Refusal, Refused, decode, decode_checked,
+};
 pub use encode::encode;
 
 use http::{HeaderMap, HeaderValue, header::ACCEPT_ENCODING, header::CONTENT_ENCODING};
@@ -136,7 +140,12 @@ impl Accept {
     /// The client's q-value for `coding`: its own entry, else `*`, else the
     /// RFC default (identity acceptable, everything else not).
     fn q(&self, coding: Coding) -> Q {
-        let explicit = self.entries.iter().filter(|(t, _)| Coding::from_token(t) == Some(coding)).map(|(_, q)| *q).max();
+        let explicit = self
+            .entries
+            .iter()
+            .filter(|(t, _)| Coding::from_token(t) == Some(coding))
+            .map(|(_, q)| *q)
+            .max();
         if let Some(q) = explicit {
             return q;
         }
@@ -165,7 +174,11 @@ fn parse_q(s: &str) -> Option<Q> {
     if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let thousandths = frac.bytes().chain(std::iter::repeat(b'0')).take(3).fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
+    let thousandths = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
     match int {
         "0" => Some(thousandths),
         "1" if thousandths == 0 => Some(1000),
@@ -195,7 +208,11 @@ pub fn limit_accept_encoding(headers: &mut HeaderMap) {
             (q > 0).then(|| format!("{name}{}", format_q(q)))
         })
         .collect();
-    let value = if list.is_empty() { "identity".to_string() } else { list.join(", ") };
+    let value = if list.is_empty() {
+        "identity".to_string()
+    } else {
+        list.join(", ")
+    };
     // Built only from the fixed tokens and digits above, so always a valid value.
     let value = HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("identity"));
     headers.insert(ACCEPT_ENCODING, value);
@@ -252,18 +269,37 @@ mod tests {
             (" gzip , identity", Coding::Gzip),
             ("", Coding::Identity),
         ] {
-            assert_eq!(response_coding(&h(&[("content-encoding", v)])), Ok(c), "{v}");
+            assert_eq!(
+                response_coding(&h(&[("content-encoding", v)])),
+                Ok(c),
+                "{v}"
+            );
         }
         assert_eq!(response_coding(&HeaderMap::new()), Ok(Coding::Identity));
     }
 
     #[test]
     fn response_coding_refuses_unknown_and_stacked() {
-        assert_eq!(response_coding(&h(&[("content-encoding", "compress")])), Err(CodingError::Unknown));
-        assert_eq!(response_coding(&h(&[("content-encoding", "gzip, compress")])), Err(CodingError::Unknown));
-        assert_eq!(response_coding(&h(&[("content-encoding", "gzip, br")])), Err(CodingError::Stacked));
+        assert_eq!(
+            response_coding(&h(&[("content-encoding", "compress")])),
+            Err(CodingError::Unknown)
+        );
+        assert_eq!(
+            response_coding(&h(&[("content-encoding", "gzip, compress")])),
+            Err(CodingError::Unknown)
+        );
+        assert_eq!(
+            response_coding(&h(&[("content-encoding", "gzip, br")])),
+            Err(CodingError::Stacked)
+        );
         // Two field lines are one list.
-        assert_eq!(response_coding(&h(&[("content-encoding", "gzip"), ("content-encoding", "gzip")])), Err(CodingError::Stacked));
+        assert_eq!(
+            response_coding(&h(&[
+                ("content-encoding", "gzip"),
+                ("content-encoding", "gzip")
+            ])),
+            Err(CodingError::Stacked)
+        );
     }
 
     #[test]
@@ -289,15 +325,24 @@ mod tests {
             m.insert(ACCEPT_ENCODING, HeaderValue::from_static(a));
         }
         limit_accept_encoding(&mut m);
-        m.get(ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("<none>").to_string()
+        m.get(ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("<none>")
+            .to_string()
     }
 
     #[test]
     fn limit_accept_encoding_keeps_only_decodable_codings() {
-        assert_eq!(limited(Some("gzip, deflate, br, zstd")), "gzip, deflate, br, zstd");
+        assert_eq!(
+            limited(Some("gzip, deflate, br, zstd")),
+            "gzip, deflate, br, zstd"
+        );
         assert_eq!(limited(Some("gzip, compress, sdch")), "gzip");
         assert_eq!(limited(Some("x-gzip")), "gzip");
-        assert_eq!(limited(Some("br;q=0.5, gzip;q=0.8")), "gzip;q=0.8, br;q=0.5");
+        assert_eq!(
+            limited(Some("br;q=0.5, gzip;q=0.8")),
+            "gzip;q=0.8, br;q=0.5"
+        );
         assert_eq!(limited(Some("BR")), "br");
     }
 
@@ -305,7 +350,10 @@ mod tests {
     fn limit_accept_encoding_honours_q_zero_and_star() {
         assert_eq!(limited(Some("gzip;q=0, br")), "br");
         assert_eq!(limited(Some("*")), "gzip, deflate, br, zstd");
-        assert_eq!(limited(Some("*;q=0.5, br;q=0")), "gzip;q=0.5, deflate;q=0.5, zstd;q=0.5");
+        assert_eq!(
+            limited(Some("*;q=0.5, br;q=0")),
+            "gzip;q=0.5, deflate;q=0.5, zstd;q=0.5"
+        );
         assert_eq!(limited(Some("*;q=0")), "identity");
         assert_eq!(limited(Some("gzip;q=bogus")), "identity");
     }
@@ -323,7 +371,10 @@ mod tests {
         let mut m = h(&[("accept-encoding", "gzip"), ("accept-encoding", "br")]);
         limit_accept_encoding(&mut m);
         assert_eq!(m.get_all(ACCEPT_ENCODING).iter().count(), 1);
-        assert_eq!(m.get(ACCEPT_ENCODING).map(|v| v.as_bytes()), Some(&b"gzip, br"[..]));
+        assert_eq!(
+            m.get(ACCEPT_ENCODING).map(|v| v.as_bytes()),
+            Some(&b"gzip, br"[..])
+        );
     }
 
     fn choose_for(accept: Option<&'static str>, upstream: Coding) -> Coding {
@@ -334,19 +385,31 @@ mod tests {
     fn choose_output_keeps_the_upstream_coding_when_accepted() {
         assert_eq!(choose_for(Some("gzip, br"), Coding::Br), Coding::Br);
         assert_eq!(choose_for(Some("gzip, br"), Coding::Gzip), Coding::Gzip);
-        assert_eq!(choose_for(Some("gzip, br"), Coding::Identity), Coding::Identity);
+        assert_eq!(
+            choose_for(Some("gzip, br"), Coding::Identity),
+            Coding::Identity
+        );
         assert_eq!(choose_for(Some("*"), Coding::Zstd), Coding::Zstd);
     }
 
     #[test]
     fn choose_output_falls_back_to_the_clients_best() {
         assert_eq!(choose_for(Some("gzip"), Coding::Br), Coding::Gzip);
-        assert_eq!(choose_for(Some("gzip;q=0.5, br;q=0.9"), Coding::Zstd), Coding::Br);
+        assert_eq!(
+            choose_for(Some("gzip;q=0.5, br;q=0.9"), Coding::Zstd),
+            Coding::Br
+        );
         // Ties go to the cheaper coding to produce.
-        assert_eq!(choose_for(Some("gzip, br, zstd"), Coding::Deflate), Coding::Zstd);
+        assert_eq!(
+            choose_for(Some("gzip, br, zstd"), Coding::Deflate),
+            Coding::Zstd
+        );
         assert_eq!(choose_for(Some("br, gzip"), Coding::Deflate), Coding::Gzip);
         // Client refuses identity and upstream sent identity: compress.
-        assert_eq!(choose_for(Some("identity;q=0, gzip"), Coding::Identity), Coding::Gzip);
+        assert_eq!(
+            choose_for(Some("identity;q=0, gzip"), Coding::Identity),
+            Coding::Gzip
+        );
     }
 
     #[test]
@@ -361,6 +424,9 @@ mod tests {
     fn choose_output_for_reads_every_line() {
         let req = h(&[("accept-encoding", "compress"), ("accept-encoding", "br")]);
         assert_eq!(choose_output_for(&req, Coding::Gzip), Coding::Br);
-        assert_eq!(choose_output_for(&HeaderMap::new(), Coding::Gzip), Coding::Identity);
+        assert_eq!(
+            choose_output_for(&HeaderMap::new(), Coding::Gzip),
+            Coding::Identity
+        );
     }
 }

@@ -83,7 +83,11 @@ impl Seed {
     /// 6 "Customer Support" (21 Jane, 22 Omar active; 23 Ines inactive) and
     /// 7 "Sales" (31 Alex, 32 Emma active).
     pub fn demo() -> Self {
-        let op = |id: i64, name: &str, status: i64| SeedOperator { id, name: name.into(), status };
+        let op = |id: i64, name: &str, status: i64| SeedOperator {
+            id,
+            name: name.into(),
+            status,
+        };
         Seed {
             companies: vec![SeedCompany {
                 login: "demo".into(),
@@ -95,7 +99,11 @@ impl Seed {
                         name: "Customer Support".into(),
                         operators: vec![op(21, "Jane", 0), op(22, "Omar", 0), op(23, "Ines", 1)],
                     },
-                    SeedOrganization { id: 7, name: "Sales".into(), operators: vec![op(31, "Alex", 0), op(32, "Emma", 0)] },
+                    SeedOrganization {
+                        id: 7,
+                        name: "Sales".into(),
+                        operators: vec![op(31, "Alex", 0), op(32, "Emma", 0)],
+                    },
                 ],
             }],
         }
@@ -103,9 +111,18 @@ impl Seed {
 
     /// Read a seed file: `.json` as JSON, anything else as TOML.
     pub fn from_file(path: &Path) -> Result<Seed, SeedError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read { path: path.to_path_buf(), source })?;
-        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        if is_json { Seed::from_json_str(&text) } else { Seed::from_toml_str(&text) }
+        let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        if is_json {
+            Seed::from_json_str(&text)
+        } else {
+            Seed::from_toml_str(&text)
+        }
     }
 
     /// Parse and check a TOML seed.
@@ -131,20 +148,32 @@ impl Seed {
         let mut ops = HashSet::new();
         for c in &self.companies {
             if c.login.is_empty() || !logins.insert(c.login.as_str()) {
-                return Err(SeedError::Invalid(format!("company login `{}` is empty or used twice", c.login)));
+                return Err(SeedError::Invalid(format!(
+                    "company login `{}` is empty or used twice",
+                    c.login
+                )));
             }
             if let Some(k) = &c.api_key
                 && (k.is_empty() || !keys.insert(k.as_str()))
             {
-                return Err(SeedError::Invalid(format!("company `{}` has an empty or shared api_key", c.login)));
+                return Err(SeedError::Invalid(format!(
+                    "company `{}` has an empty or shared api_key",
+                    c.login
+                )));
             }
             for o in &c.organizations {
                 if !orgs.insert(o.id) {
-                    return Err(SeedError::Invalid(format!("organization id {} is used twice", o.id)));
+                    return Err(SeedError::Invalid(format!(
+                        "organization id {} is used twice",
+                        o.id
+                    )));
                 }
                 for op in &o.operators {
                     if !ops.insert(op.id) {
-                        return Err(SeedError::Invalid(format!("operator id {} is used twice", op.id)));
+                        return Err(SeedError::Invalid(format!(
+                            "operator id {} is used twice",
+                            op.id
+                        )));
                     }
                 }
             }
@@ -163,7 +192,14 @@ mod tests {
         seed.check().unwrap();
         let orgs = &seed.companies[0].organizations;
         assert_eq!(orgs.iter().map(|o| o.id).collect::<Vec<_>>(), vec![6, 7]);
-        assert_eq!(orgs[0].operators[2], SeedOperator { id: 23, name: "Ines".into(), status: 1 });
+        assert_eq!(
+            orgs[0].operators[2],
+            SeedOperator {
+                id: 23,
+                name: "Ines".into(),
+                status: 1
+            }
+        );
     }
 
     #[test]
@@ -177,7 +213,9 @@ mod tests {
             name = "One"
             operators = [{ id = 5, name = "X" }, { id = 5, name = "Y" }]
         "#;
-        assert!(matches!(Seed::from_toml_str(text), Err(SeedError::Invalid(m)) if m.contains("operator id 5")));
+        assert!(
+            matches!(Seed::from_toml_str(text), Err(SeedError::Invalid(m)) if m.contains("operator id 5"))
+        );
     }
 
     #[test]

@@ -1,0 +1,268 @@
+//! The lol_html side of the rewriter: the handlers that choose the insertion
+//! point, the once-only decision they share, and the sink that collects output.
+//!
+//! Insertion point: immediately before the first `</body>` end tag that closes a
+//! `<body>` element, unless that end tag sits inside `<template>`, `<svg>` or
+//! `<math>` (browsers ignore it there, and a script inserted there would not
+//! run); otherwise at the end of the document. No insertion at all when an
+//! element carrying the widget's id, a `<frameset>` or a `<plaintext>` comes
+//! first.
+
+use crate::metrics::SharedMetrics;
+use bytes::{Bytes, BytesMut};
+use lol_html::errors::RewritingError;
+use lol_html::html_content::{ContentType, DocumentEnd, EndTag};
+use lol_html::{AsciiCompatibleEncoding, MemorySettings, OutputSink, Selector, send};
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+/// Lets tests add handlers (for example one that fails) to the real settings.
+pub(super) type SettingsHook = fn(send::Settings<'static, 'static>) -> send::Settings<'static, 'static>;
+
+/// Leaves the settings as they are.
+pub(super) fn no_hook(settings: send::Settings<'static, 'static>) -> send::Settings<'static, 'static> {
+    settings
+}
+
+const HTML_NS: &str = "http://www.w3.org/1999/xhtml";
+
+// Parsed once per process instead of once per response.
+// The strings are constants that lol_html's own tests parse, so failing would be a build-time bug.
+static BODY: LazyLock<Selector> = LazyLock::new(|| parse_selector("body"));
+static WITH_ID: LazyLock<Selector> = LazyLock::new(|| parse_selector("[id]"));
+static CONTAINERS: LazyLock<Selector> = LazyLock::new(|| parse_selector("template, svg, math"));
+static STOPPERS: LazyLock<Selector> = LazyLock::new(|| parse_selector("frameset, plaintext"));
+
+#[allow(clippy::expect_used)]
+fn parse_selector(s: &str) -> Selector {
+    s.parse().expect("constant selector parses")
+}
+
+/// Why a response did not get the snippet, or that it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Injected,
+    Skipped(&'static str),
+}
+
+/// What the handlers of one response share. Every handler runs synchronously
+/// inside `write`/`end` on one thread; the atomics exist only because the
+/// `Send` rewriter requires `Send + Sync` captures, so `Relaxed` suffices.
+struct Decision {
+    /// Set by whichever handler decides first: inserted, or skipped for a reason.
+    decided: AtomicBool,
+    /// The end tag being handled closed a `<template>`, `<svg>` or `<math>`
+    /// implicitly; lol_html calls the inner elements' end-tag handlers before
+    /// the `<body>` one, so this is how the body handler learns about it.
+    closes_container: AtomicBool,
+    /// Open `<template>` elements (as lol_html's element stack sees them).
+    templates: AtomicUsize,
+    snippet: Arc<str>,
+    script_id: Arc<str>,
+    metrics: SharedMetrics,
+}
+
+impl Decision {
+    /// Claim the decision; `false` if another handler already made it.
+    fn claim(&self, outcome: Outcome) -> bool {
+        if self.decided.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        match outcome {
+            Outcome::Injected => self.metrics.injected(),
+            Outcome::Skipped(reason) => {
+                tracing::debug!(reason, "widget not inserted");
+                self.metrics.skipped(reason);
+            }
+        }
+        true
+    }
+
+    fn body_end(&self, end: &mut EndTag<'_>) {
+        // Always consume the flag: it describes this end tag only.
+        let closes_container = self.closes_container.swap(false, Ordering::Relaxed);
+        if closes_container || self.templates.load(Ordering::Relaxed) > 0 || self.decided.load(Ordering::Relaxed) {
+            return;
+        }
+        // `</html>` also pops the body off lol_html's stack; only a real `</body>` counts.
+        if end.name() != "body" {
+            return;
+        }
+        if self.claim(Outcome::Injected) {
+            end.before(&self.snippet, ContentType::Html);
+        }
+    }
+
+    fn document_end(&self, end: &mut DocumentEnd<'_>) {
+        if self.claim(Outcome::Injected) {
+            end.append(&self.snippet, ContentType::Html);
+        }
+    }
+}
+
+/// Collects what lol_html writes; the body adapter drains it after each call.
+/// The mutex is never contended: only the task polling the body touches it.
+#[derive(Clone, Default)]
+pub(super) struct Sink(Arc<Mutex<BytesMut>>);
+
+impl Sink {
+    /// Everything written since the last call, as one buffer.
+    pub(super) fn take(&self) -> Bytes {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).split().freeze()
+    }
+}
+
+impl OutputSink for Sink {
+    fn handle_chunk(&mut self, chunk: &[u8]) {
+        // lol_html ends the output with an empty chunk; it carries nothing.
+        if !chunk.is_empty() {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(chunk);
+        }
+    }
+}
+
+/// One response's lol_html rewriter plus its output sink.
+pub(super) struct Engine {
+    rewriter: send::HtmlRewriter<'static, Sink>,
+    sink: Sink,
+}
+
+/// How the page's bytes are to be read.
+pub(super) struct Charset {
+    pub encoding: AsciiCompatibleEncoding,
+    /// Follow the first `<meta charset>`; only when the header named none.
+    pub from_meta: bool,
+}
+
+/// What an `Engine` needs besides the charset.
+pub(super) struct EngineParams<'a> {
+    pub snippet: &'a Arc<str>,
+    pub script_id: &'a Arc<str>,
+    pub max_memory: usize,
+    pub metrics: &'a SharedMetrics,
+    pub hook: SettingsHook,
+}
+
+impl Engine {
+    pub(super) fn new(params: EngineParams<'_>, charset: Charset) -> Self {
+        let decision = Arc::new(Decision {
+            decided: AtomicBool::new(false),
+            closes_container: AtomicBool::new(false),
+            templates: AtomicUsize::new(0),
+            snippet: params.snippet.clone(),
+            script_id: params.script_id.clone(),
+            metrics: params.metrics.clone(),
+        });
+        let sink = Sink::default();
+        let settings = (params.hook)(settings(&decision, params.max_memory, charset));
+        let rewriter = send::HtmlRewriter::new(settings, sink.clone());
+        Engine { rewriter, sink }
+    }
+
+    /// Feed one piece of the page. After an `Err` the engine must be dropped:
+    /// lol_html panics if used again. With graceful bail-out on, every byte fed
+    /// so far is in the sink by then.
+    pub(super) fn write(&mut self, data: &[u8]) -> Result<(), RewritingError> {
+        self.rewriter.write(data)
+    }
+
+    /// Finish the document (runs the end-of-document fallback).
+    pub(super) fn end(self) -> Result<(), RewritingError> {
+        self.rewriter.end()
+    }
+
+    /// A handle on the output buffer that outlives `end`.
+    pub(super) fn sink(&self) -> Sink {
+        self.sink.clone()
+    }
+
+}
+
+fn settings(decision: &Arc<Decision>, max_memory: usize, charset: Charset) -> send::Settings<'static, 'static> {
+    let memory = MemorySettings::new()
+        // Counted against the limit, so keep it a small share of it.
+        .with_preallocated_parsing_buffer_size((max_memory / 4).min(16 * 1024))
+        .with_max_allowed_memory_usage(max_memory)
+        .with_graceful_bail_out_on_memory_limit_exceeded(true);
+
+    let d = decision.clone();
+    let body = move |el: &mut send::Element<'_, '_>| {
+        if d.decided.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let d = d.clone();
+        // `<body>` always has content, so this cannot fail; if it did, the
+        // document-end fallback still inserts the snippet.
+        let _ = el.on_end_tag(Box::new(move |end: &mut EndTag<'_>| {
+            d.body_end(end);
+            Ok(())
+        }));
+        Ok(())
+    };
+
+    let d = decision.clone();
+    let with_id = move |el: &mut send::Element<'_, '_>| {
+        if !d.decided.load(Ordering::Relaxed) && el.get_attribute("id").as_deref() == Some(&*d.script_id) {
+            d.claim(Outcome::Skipped("already_present"));
+        }
+        Ok(())
+    };
+
+    let d = decision.clone();
+    let containers = move |el: &mut send::Element<'_, '_>| {
+        if d.decided.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let is_template = el.tag_name() == "template";
+        let d2 = d.clone();
+        let registered = el.on_end_tag(Box::new(move |end: &mut EndTag<'_>| {
+            if is_template {
+                // Saturating: lol_html pops each template exactly once, but never underflow.
+                let _ = d2.templates.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+            if end.name() == "body" {
+                d2.closes_container.store(true, Ordering::Relaxed);
+            }
+            Ok(())
+        }));
+        // Self-closing `<svg/>` has no end tag (registration fails) and no content.
+        if registered.is_ok() && is_template {
+            d.templates.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    };
+
+    let d = decision.clone();
+    let stoppers = move |el: &mut send::Element<'_, '_>| {
+        // `<plaintext>` in SVG or MathML is an ordinary foreign element.
+        if !d.decided.load(Ordering::Relaxed) && el.namespace_uri() == HTML_NS {
+            let reason = if el.tag_name() == "frameset" { "frameset" } else { "plaintext" };
+            d.claim(Outcome::Skipped(reason));
+        }
+        Ok(())
+    };
+
+    let d = decision.clone();
+    let end = move |end: &mut DocumentEnd<'_>| {
+        d.document_end(end);
+        Ok(())
+    };
+
+    send::Settings::new_send()
+        .with_encoding(charset.encoding)
+        .with_adjust_charset_on_meta_tag(charset.from_meta)
+        // Strict mode turns some odd-but-real markup into an error that is never
+        // bailed out of gracefully (truncating the page); we only insert one tag.
+        .with_strict(false)
+        .with_memory_settings(memory)
+        .with_graceful_bail_out_on_content_handler_error(true)
+        .append_element_content_handler((Cow::Borrowed(&*BODY), send::ElementContentHandlers::default().element(body)))
+        .append_element_content_handler((Cow::Borrowed(&*WITH_ID), send::ElementContentHandlers::default().element(with_id)))
+        .append_element_content_handler((
+            Cow::Borrowed(&*CONTAINERS),
+            send::ElementContentHandlers::default().element(containers),
+        ))
+        .append_element_content_handler((Cow::Borrowed(&*STOPPERS), send::ElementContentHandlers::default().element(stoppers)))
+        .append_document_content_handler(send::DocumentContentHandlers::default().end(end))
+}

@@ -1,0 +1,266 @@
+//! Streaming HTML rewriting with lol_html: inserts one snippet before the first
+//! `</body>` (or at the end of the document), never twice, and never truncates a
+//! page. Pure and synchronous inside a `Body` adapter: no I/O, no tasks.
+//!
+//! [`rewrite`] wraps the (already decoded) upstream body in [`RewriteBody`],
+//! which feeds each data frame through lol_html as it is polled and returns
+//! whatever lol_html has emitted, so the client gets bytes as soon as upstream
+//! sends them. On any rewriter error the bytes already fed come out raw (lol_html's
+//! graceful bail-out) and the rest of the body passes through untouched.
+
+mod engine;
+#[cfg(test)]
+mod tests;
+
+use crate::body::{Body, BoxError};
+use crate::metrics::SharedMetrics;
+use bytes::{Bytes, BytesMut};
+use engine::{Charset, Engine, EngineParams, SettingsHook, Sink};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use lol_html::AsciiCompatibleEncoding;
+use lol_html::errors::RewritingError;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+/// What to insert, and how to read the page.
+#[derive(Clone, Debug)]
+pub struct RewritePlan {
+    /// The complete HTML to insert (ASCII).
+    pub snippet: Arc<str>,
+    /// An element with this id before the insertion point means "already there".
+    pub script_id: Arc<str>,
+    /// Charset from `Content-Type`; `None` means "from `<meta>`, else UTF-8".
+    pub encoding: Option<&'static encoding_rs::Encoding>,
+    /// Upper bound for the rewriter's own buffers.
+    pub max_memory: usize,
+}
+
+/// Wrap an (already decoded) HTML body so that it comes out with the snippet in it.
+pub fn rewrite(body: Body, plan: RewritePlan, metrics: SharedMetrics) -> Body {
+    RewriteBody::new(body, plan, metrics).boxed_unsync()
+}
+
+/// lol_html copies a whole `write` into its buffer when the previous one ended
+/// inside a tag, and that copy counts against the memory limit. Feeding it at
+/// most this much at a time keeps that copy small whatever the upstream frame size.
+const MAX_WRITE: usize = 16 * 1024;
+
+/// Bytes needed to recognise any byte order mark.
+const BOM_LEN: usize = 3;
+
+/// An `http_body::Body` that rewrites the inner body as it is polled.
+pub struct RewriteBody {
+    inner: Body,
+    stage: Stage,
+    /// Frames ready to hand out, oldest first.
+    queued: VecDeque<Frame<Bytes>>,
+    metrics: SharedMetrics,
+}
+
+enum Stage {
+    /// Waiting for the first bytes, to look for a byte order mark.
+    Sniff { head: BytesMut, plan: RewritePlan, hook: SettingsHook },
+    /// Feeding lol_html.
+    Rewrite(Box<Engine>, Sink),
+    /// Passing the rest of the body through unchanged (skipped, or bailed out).
+    Pass,
+    /// Upstream ended (or failed); nothing more to read.
+    Done,
+}
+
+impl RewriteBody {
+    /// Wrap `inner`; nothing happens until the body is polled.
+    pub fn new(inner: Body, plan: RewritePlan, metrics: SharedMetrics) -> Self {
+        Self::with_hook(inner, plan, metrics, engine::no_hook)
+    }
+
+    fn with_hook(inner: Body, plan: RewritePlan, metrics: SharedMetrics, hook: SettingsHook) -> Self {
+        RewriteBody {
+            inner,
+            stage: Stage::Sniff { head: BytesMut::new(), plan, hook },
+            queued: VecDeque::new(),
+            metrics,
+        }
+    }
+
+    /// Handle one data frame from upstream.
+    fn on_data(&mut self, data: Bytes) {
+        match &mut self.stage {
+            Stage::Sniff { head, .. } => {
+                let data = if head.is_empty() && data.len() >= BOM_LEN {
+                    data
+                } else {
+                    head.extend_from_slice(&data);
+                    if head.len() < BOM_LEN {
+                        return;
+                    }
+                    head.split().freeze()
+                };
+                self.start(&data);
+                self.feed(data);
+            }
+            Stage::Rewrite(..) => self.feed(data),
+            Stage::Pass => self.queue(data),
+            Stage::Done => {}
+        }
+    }
+
+    /// Upstream has no more data (end of body, or trailers follow).
+    fn on_end(&mut self) {
+        if let Stage::Sniff { head, .. } = &mut self.stage {
+            let head = head.split().freeze();
+            if head.is_empty() {
+                // Nothing to put a widget into.
+                self.metrics.skipped("empty_body");
+                self.stage = Stage::Done;
+                return;
+            }
+            self.start(&head);
+            self.feed(head);
+        }
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Rewrite(engine, sink) => {
+                let result = engine.end();
+                if let Err(e) = result {
+                    self.bail_out(&e);
+                }
+                self.queue(sink.take());
+            }
+            _ => {}
+        }
+    }
+
+    /// Choose how to read the page from its first bytes, and leave `Sniff`.
+    fn start(&mut self, first: &[u8]) {
+        let Stage::Sniff { plan, hook, .. } = std::mem::replace(&mut self.stage, Stage::Pass) else {
+            return;
+        };
+        let charset = match charset(first, plan.encoding) {
+            Ok(charset) => charset,
+            Err(reason) => {
+                tracing::debug!(reason, "page encoding not rewritable; passing through");
+                self.metrics.skipped(reason);
+                return; // stays `Pass`
+            }
+        };
+        let params = EngineParams {
+            snippet: &plan.snippet,
+            script_id: &plan.script_id,
+            max_memory: plan.max_memory,
+            metrics: &self.metrics,
+            hook,
+        };
+        let engine = Engine::new(params, charset);
+        let sink = engine.sink();
+        self.stage = Stage::Rewrite(Box::new(engine), sink);
+    }
+
+    /// Run `data` through the rewriter (or pass it on, if not rewriting).
+    fn feed(&mut self, data: Bytes) {
+        let Stage::Rewrite(engine, sink) = &mut self.stage else {
+            self.queue(data);
+            return;
+        };
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + MAX_WRITE).min(data.len());
+            if let Err(e) = engine.write(&data[at..end]) {
+                // lol_html has flushed every byte fed so far (including this
+                // piece) raw into the sink; what is left of the frame goes as is.
+                let out = sink.take();
+                self.stage = Stage::Pass;
+                self.bail_out(&e);
+                self.queue(out);
+                self.queue(data.slice(end..));
+                return;
+            }
+            at = end;
+        }
+        let out = sink.take();
+        self.queue(out);
+    }
+
+    fn bail_out(&self, e: &RewritingError) {
+        let reason = match e {
+            RewritingError::MemoryLimitExceeded(_) => "memory_limit",
+            _ => "rewriter_error",
+        };
+        tracing::warn!(reason, error = %e, "html rewriter bailed out; the rest of the page passes through unchanged");
+        self.metrics.rewrite_failure(reason);
+    }
+
+    fn queue(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.queued.push_back(Frame::data(data));
+        }
+    }
+}
+
+/// The encoding to rewrite with, or the skip reason. A byte order mark wins
+/// over the header (as in browsers); lol_html only reads ASCII-compatible ones.
+fn charset(first: &[u8], header: Option<&'static encoding_rs::Encoding>) -> Result<Charset, &'static str> {
+    if first.starts_with(&[0xFF, 0xFE]) || first.starts_with(&[0xFE, 0xFF]) {
+        return Err("utf16");
+    }
+    if first.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        return Ok(Charset { encoding: AsciiCompatibleEncoding::utf_8(), from_meta: false });
+    }
+    match header {
+        None => Ok(Charset { encoding: AsciiCompatibleEncoding::utf_8(), from_meta: true }),
+        Some(enc) => match AsciiCompatibleEncoding::new(enc) {
+            Some(encoding) => Ok(Charset { encoding, from_meta: false }),
+            None if enc == encoding_rs::UTF_16LE || enc == encoding_rs::UTF_16BE => Err("utf16"),
+            None => Err("unsupported_charset"),
+        },
+    }
+}
+
+impl http_body::Body for RewriteBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(frame) = this.queued.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            match this.stage {
+                Stage::Done => return Poll::Ready(None),
+                // Nothing left to rewrite: hand frames (and errors) straight through.
+                Stage::Pass => return Pin::new(&mut this.inner).poll_frame(cx),
+                Stage::Sniff { .. } | Stage::Rewrite(..) => {}
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.on_data(data),
+                    Err(trailers) => {
+                        this.on_end();
+                        this.queued.push_back(trailers);
+                        // Anything after trailers (there should be nothing) passes through.
+                        this.stage = Stage::Pass;
+                    }
+                },
+                // Upstream died mid-body: the client must see an error, not a
+                // clean (truncated) end. The rewriter's held-back bytes are dropped.
+                Some(Err(e)) => {
+                    this.stage = Stage::Done;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => this.on_end(),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.queued.is_empty() && matches!(self.stage, Stage::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // The length changes by the snippet, or not at all; say nothing exact.
+        SizeHint::default()
+    }
+}
