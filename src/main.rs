@@ -48,6 +48,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Demo { .. })) {
+        // The demo account's password travels the way real ones do, through
+        // the environment. Set before the runtime starts any thread.
+        // SAFETY: single-threaded at this point; nothing reads the environment concurrently.
+        unsafe { std::env::set_var(chathub_proxy::demo::DEMO_PASSWORD_ENV, chathub_proxy::demo::DEMO_PASSWORD) };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -84,18 +90,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Emulator { listen, seed } => {
             telemetry::init(&config::LogConfig { format: config::LogFormat::Text, filter: "info".into() });
-            pending::run_emulator(listen, seed.as_deref()).await.context("emulator")?;
+            run_emulator(listen, seed.as_deref()).await.context("emulator")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen } => {
             telemetry::init(&config::LogConfig { format: config::LogFormat::Text, filter: "info".into() });
-            pending::run_demo(listen).await.context("demo")?;
+            run_demo(listen).await.context("demo")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { target } => {
             let cfg = load(cli.config.as_deref())?;
             telemetry::init(&cfg.log);
-            let out = pending::cli_token(&cfg, &target).await?;
+            let out = mint_for(cfg, &target).await?;
             println!("{out}");
             Ok(ExitCode::SUCCESS)
         }
@@ -139,15 +145,68 @@ fn describe(cfg: &Config) -> String {
     s
 }
 
-/// Commands whose library side is still being written.
-mod pending {
-    pub async fn run_emulator(_: std::net::SocketAddr, _: Option<&std::path::Path>) -> anyhow::Result<()> {
-        anyhow::bail!("not implemented yet")
+/// The `emulator` command: serve until Ctrl-C or SIGTERM.
+async fn run_emulator(listen: std::net::SocketAddr, seed: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use chathub_proxy::emulator::{Emulator, Seed};
+    let seed = match seed {
+        Some(p) => Seed::from_file(p)?,
+        None => Seed::demo(),
+    };
+    let emu = Emulator::start(listen, seed).await?;
+    println!("ChatHub EMULATOR (not the real service) on {}", emu.url());
+    shutdown_signal().await?;
+    emu.shutdown();
+    Ok(())
+}
+
+/// The `demo` command: emulator, demo site and proxy on loopback.
+async fn run_demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use chathub_proxy::{demo, emulator::{Emulator, Seed}};
+    let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let emu = Emulator::start(loopback, Seed::demo()).await?;
+    let (site_addr, site) = demo::start_demo_site(loopback).await?;
+    let cfg = config::from_toml_str(&demo::demo_config_toml(site_addr, &emu, listen))?;
+    let running = server::start(cfg).await?;
+    let url = format!("http://{}/", running.addrs.first().copied().unwrap_or(listen));
+    println!();
+    println!("  chathub-proxy demo is running.");
+    println!("  Open {url} in a browser: the demo site, through the proxy, with the chat panel.");
+    println!("  ChatHub is played by the local EMULATOR at {} (not the real service).", emu.url());
+    println!("  Ctrl-C stops it.");
+    println!();
+    shutdown_signal().await?;
+    running.shutdown().await;
+    site.shutdown();
+    emu.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
     }
-    pub async fn run_demo(_: std::net::SocketAddr) -> anyhow::Result<()> {
-        anyhow::bail!("not implemented yet")
-    }
-    pub async fn cli_token(_: &chathub_proxy::config::Config, _: &str) -> anyhow::Result<String> {
-        anyhow::bail!("not implemented yet")
-    }
+    Ok(())
+}
+
+/// The `token` command: mint through the configured account and route, exactly
+/// as a page load would, and print what came back (the token itself only on a
+/// terminal request: it is a secret, so it is printed once, never logged).
+async fn mint_for(cfg: Config, target: &str) -> anyhow::Result<String> {
+    use chathub_proxy::{metrics::Metrics, route::RouteTable, session, token::Tokens};
+    let (host, path) = match target.split_once('/') {
+        Some((h, p)) => (h.to_owned(), format!("/{p}")),
+        None => (target.to_owned(), "/".to_owned()),
+    };
+    let routes = RouteTable::new(&cfg);
+    let route = routes.lookup(&host, &path).cloned().with_context(|| format!("no route for {host}{path}"))?;
+    let tokens = Tokens::new(&cfg, std::sync::Arc::new(Metrics::new()))?;
+    tokens.resolve().await?;
+    let issued = tokens
+        .token_for(&route, &session::new_id(), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("no token for route `{}`: {e} ({})", route.name, e.reason()))?;
+    Ok(format!("route: {}\nexpires_at: {}\ntoken: {}", route.name, issued.expires_at, issued.token.expose()))
 }

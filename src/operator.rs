@@ -149,8 +149,10 @@ pub fn usable_name(name: &str) -> bool {
 /// and when an operator joins or leaves only the sessions that must move do.
 pub fn spread(session: &SessionId, ids: &[i64]) -> Option<i64> {
     let s = session.as_bytes();
-    let seed = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
-        ^ u64::from_le_bytes([s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]]);
+    let lo = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+    let hi = u64::from_le_bytes([s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]]);
+    // Mixed, not XORed, so that equal halves do not cancel out.
+    let seed = mix(lo ^ mix(hi));
     // Ties (astronomically unlikely) go to the lower id, so the result does
     // not depend on list order.
     ids.iter()

@@ -15,6 +15,8 @@ use crate::route::{RouteTable, normalize_host};
 use crate::secret::Secret;
 use crate::server::ServerError;
 use crate::tag::TagTemplate;
+use crate::session::{self, SessionId};
+use crate::token::{TokenSkip, Tokens};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -37,12 +39,21 @@ pub struct State {
     pub upstream: Upstream,
     pub metrics: SharedMetrics,
     pub tag: TagTemplate,
+    pub tokens: Tokens,
+    /// The session cookie's two possible names (plain and `__Host-`).
+    cookie_names: [String; 2],
 }
 
 impl State {
     /// Build the shared state from a validated config.
     pub async fn new(config: Arc<Config>, metrics: SharedMetrics) -> Result<State, ServerError> {
+        let tokens = Tokens::new(&config, metrics.clone()).map_err(|e| ServerError::Tokens(e.to_string()))?;
+        // Organization names are resolved now: an unknown name is a start-up
+        // error naming the route; ChatHub being down is not.
+        tokens.resolve().await.map_err(|e| ServerError::Tokens(e.to_string()))?;
         Ok(State {
+            tokens,
+            cookie_names: session::cookie_names(&config.session),
             routes: RouteTable::new(&config),
             upstream: Upstream::new(&config.upstream).map_err(ServerError::Client)?,
             tag: TagTemplate::new(&config.inject),
@@ -112,8 +123,19 @@ async fn handle_inner(
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
     let client_accept = parts.headers.get(header::ACCEPT_ENCODING).cloned();
-    forwarded::strip_hop_by_hop(&mut parts.headers);
     let trusted = cfg.server.is_trusted(peer.ip());
+    let https = client_is_https(&parts.headers, trusted);
+
+    // The token endpoint for long-lived pages is answered here, never upstream.
+    if path == cfg.inject.token_path {
+        return Ok(state.tokens.endpoint(&route, &parts, trusted, https).await);
+    }
+    let session_id = state.cookie_names.iter().find_map(|n| session::from_headers(&parts.headers, n));
+    let identity = crate::operator::identity_for(&route, &parts.headers, trusted);
+    // The proxy's own cookie is none of the upstream's business.
+    session::strip_from_request(&mut parts.headers, &state.cookie_names);
+
+    forwarded::strip_hop_by_hop(&mut parts.headers);
     let _client = forwarded::set_forwarded(&mut parts.headers, peer.ip(), trusted, "http", &host);
     if let Some(proto) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -128,7 +150,13 @@ async fn handle_inner(
     let page = match inject::check_request(&parts.method, &path, &parts.headers, &route, &cfg.inject) {
         Ok(()) => {
             inject::prepare_upstream_request(&mut parts.headers);
-            Ok(PendingToken::start(state, &route))
+            let (session, is_new) = match session_id {
+                Some(s) => (s, false),
+                None => (session::new_id(), true),
+            };
+            // Started now, so the mint runs while the upstream answers.
+            let pending = PendingToken::Spawned(state.tokens.spawn_token_for(route.clone(), session.clone(), identity));
+            Ok((pending, session, is_new))
         }
         Err(skip) => Err(skip),
     };
@@ -153,12 +181,12 @@ async fn handle_inner(
     forwarded::strip_hop_by_hop(&mut rparts.headers);
     let decision = match page {
         Err(skip) => Err(skip),
-        Ok(pending) => match inject::check_response(rparts.status, &rparts.headers, &cfg.inject) {
+        Ok((pending, session, is_new)) => match inject::check_response(rparts.status, &rparts.headers, &cfg.inject) {
             Err(skip) => Err(skip),
-            Ok(info) => pending.resolve(cfg.token.budget).await.map(|token| (info, token)),
+            Ok(info) => pending.resolve(&state.metrics, cfg.token.budget).await.map(|token| (info, token, session, is_new)),
         },
     };
-    let (info, token) = match decision {
+    let (info, token, session, is_new) = match decision {
         Ok(x) => x,
         Err(skip) => {
             state.metrics.skipped(skip.reason());
@@ -185,6 +213,9 @@ async fn handle_inner(
     inject::rewrite_response_headers(&mut rparts.headers);
     set_content_encoding(&mut rparts.headers, out);
     mark(&mut rparts.headers, cfg, Ok(()));
+    if is_new {
+        set_session_cookie(&mut rparts.headers, cfg, &session, https);
+    }
     if is_head {
         return Ok(Response::from_parts(rparts, body::empty()));
     }
@@ -200,31 +231,45 @@ async fn handle_inner(
 
 /// The token for a page, looked up in parallel with the upstream request.
 enum PendingToken {
-    Ready(Result<Secret, Skip>),
-    Spawned(JoinHandle<Result<Secret, Skip>>),
+    Spawned(JoinHandle<Result<crate::token::IssuedToken, TokenSkip>>),
 }
 
 impl PendingToken {
-    fn start(state: &State, route: &Arc<Route>) -> PendingToken {
-        let _ = route;
-        match &state.config.inject.dev_token {
-            Some(t) => PendingToken::Ready(Ok(Secret::new(t.as_str()))),
-            None => PendingToken::Ready(Err(Skip::NoToken)),
-        }
-    }
-
     /// Wait at most `budget`; past it the page goes out without the widget while
     /// the lookup carries on in its own task and fills the cache.
-    async fn resolve(self, budget: std::time::Duration) -> Result<Secret, Skip> {
-        match self {
-            PendingToken::Ready(r) => r,
-            PendingToken::Spawned(mut handle) => match tokio::time::timeout(budget, &mut handle).await {
-                Err(_) => Err(Skip::TokenBudget),
-                Ok(Err(_join)) => Err(Skip::TokenUnavailable),
-                Ok(Ok(r)) => r,
-            },
+    async fn resolve(self, metrics: &SharedMetrics, budget: std::time::Duration) -> Result<Secret, Skip> {
+        let PendingToken::Spawned(mut handle) = self;
+        match tokio::time::timeout(budget, &mut handle).await {
+            Err(_) => {
+                metrics.token_event("budget_exceeded");
+                Err(Skip::TokenBudget)
+            }
+            Ok(Err(_join)) => Err(Skip::TokenUnavailable),
+            Ok(Ok(Ok(issued))) => Ok(issued.token),
+            Ok(Ok(Err(skip))) => Err(match skip {
+                TokenSkip::NoToken => Skip::NoToken,
+                TokenSkip::Operator(r) if r.reason() == "no_identity" => Skip::NoIdentity,
+                other => {
+                    tracing::debug!(reason = other.reason(), "no token for this page");
+                    Skip::TokenUnavailable
+                }
+            }),
         }
     }
+}
+
+fn set_session_cookie(headers: &mut HeaderMap, cfg: &Config, session: &SessionId, https: bool) {
+    headers.append(header::SET_COOKIE, session::set_cookie(&cfg.session, session, https));
+}
+
+/// Whether the client side is HTTPS: the proxy terminates no TLS itself, so only
+/// a trusted proxy in front can say so.
+fn client_is_https(headers: &HeaderMap, trusted: bool) -> bool {
+    trusted
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').next().unwrap_or("").trim().eq_ignore_ascii_case("https"))
 }
 
 fn mark(headers: &mut HeaderMap, cfg: &Config, outcome: Result<(), Skip>) {

@@ -131,7 +131,7 @@ pub async fn decode(body: Body, coding: Coding, limits: DecodeLimits) -> Result<
 /// Decode a body, saying why when the prefix check refuses it.
 ///
 /// Waits for the first body bytes, then decodes whatever the upstream delivers
-/// without pausing, up to [`PREFIX_KEEP`] compressed bytes. A limit or invalid
+/// without pausing, up to 64 KiB of compressed bytes. A limit or invalid
 /// data found there returns [`Refused`] with the original body. Otherwise the
 /// decoded body streams; a limit hit later ends it with [`DecodeError`].
 /// An upstream failure always surfaces as a body error, never as a clean end.

@@ -2,8 +2,8 @@
 //! HTML for the rewriter (bounded against decompression bombs), and re-encoding
 //! in a coding the client accepts, flushed whenever the input pauses.
 //!
-//! Negotiation lives here; the streaming halves are [`decode`](mod@decode) and
-//! [`encode`](mod@encode).
+//! Negotiation lives here; [`decode()`] and [`encode()`] are the streaming halves
+//! (files `decode.rs` and `encode.rs`).
 
 mod decode;
 mod encode;

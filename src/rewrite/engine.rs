@@ -18,10 +18,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 /// Lets tests add handlers (for example one that fails) to the real settings.
-pub(super) type SettingsHook = fn(send::Settings<'static, 'static>) -> send::Settings<'static, 'static>;
+pub(super) type SettingsHook =
+    fn(send::Settings<'static, 'static>) -> send::Settings<'static, 'static>;
 
 /// Leaves the settings as they are.
-pub(super) fn no_hook(settings: send::Settings<'static, 'static>) -> send::Settings<'static, 'static> {
+pub(super) fn no_hook(
+    settings: send::Settings<'static, 'static>,
+) -> send::Settings<'static, 'static> {
     settings
 }
 
@@ -82,7 +85,10 @@ impl Decision {
     fn body_end(&self, end: &mut EndTag<'_>) {
         // Always consume the flag: it describes this end tag only.
         let closes_container = self.closes_container.swap(false, Ordering::Relaxed);
-        if closes_container || self.templates.load(Ordering::Relaxed) > 0 || self.decided.load(Ordering::Relaxed) {
+        if closes_container
+            || self.templates.load(Ordering::Relaxed) > 0
+            || self.decided.load(Ordering::Relaxed)
+        {
             return;
         }
         // `</html>` also pops the body off lol_html's stack; only a real `</body>` counts.
@@ -109,7 +115,11 @@ pub(super) struct Sink(Arc<Mutex<BytesMut>>);
 impl Sink {
     /// Everything written since the last call, as one buffer.
     pub(super) fn take(&self) -> Bytes {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).split().freeze()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .split()
+            .freeze()
     }
 }
 
@@ -117,7 +127,10 @@ impl OutputSink for Sink {
     fn handle_chunk(&mut self, chunk: &[u8]) {
         // lol_html ends the output with an empty chunk; it carries nothing.
         if !chunk.is_empty() {
-            self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(chunk);
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(chunk);
         }
     }
 }
@@ -176,10 +189,13 @@ impl Engine {
     pub(super) fn sink(&self) -> Sink {
         self.sink.clone()
     }
-
 }
 
-fn settings(decision: &Arc<Decision>, max_memory: usize, charset: Charset) -> send::Settings<'static, 'static> {
+fn settings(
+    decision: &Arc<Decision>,
+    max_memory: usize,
+    charset: Charset,
+) -> send::Settings<'static, 'static> {
     let memory = MemorySettings::new()
         // Counted against the limit, so keep it a small share of it.
         .with_preallocated_parsing_buffer_size((max_memory / 4).min(16 * 1024))
@@ -203,7 +219,9 @@ fn settings(decision: &Arc<Decision>, max_memory: usize, charset: Charset) -> se
 
     let d = decision.clone();
     let with_id = move |el: &mut send::Element<'_, '_>| {
-        if !d.decided.load(Ordering::Relaxed) && el.get_attribute("id").as_deref() == Some(&*d.script_id) {
+        if !d.decided.load(Ordering::Relaxed)
+            && el.get_attribute("id").as_deref() == Some(&*d.script_id)
+        {
             d.claim(Outcome::Skipped("already_present"));
         }
         Ok(())
@@ -219,7 +237,9 @@ fn settings(decision: &Arc<Decision>, max_memory: usize, charset: Charset) -> se
         let registered = el.on_end_tag(Box::new(move |end: &mut EndTag<'_>| {
             if is_template {
                 // Saturating: lol_html pops each template exactly once, but never underflow.
-                let _ = d2.templates.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                let _ = d2
+                    .templates
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             }
             if end.name() == "body" {
                 d2.closes_container.store(true, Ordering::Relaxed);
@@ -237,7 +257,11 @@ fn settings(decision: &Arc<Decision>, max_memory: usize, charset: Charset) -> se
     let stoppers = move |el: &mut send::Element<'_, '_>| {
         // `<plaintext>` in SVG or MathML is an ordinary foreign element.
         if !d.decided.load(Ordering::Relaxed) && el.namespace_uri() == HTML_NS {
-            let reason = if el.tag_name() == "frameset" { "frameset" } else { "plaintext" };
+            let reason = if el.tag_name() == "frameset" {
+                "frameset"
+            } else {
+                "plaintext"
+            };
             d.claim(Outcome::Skipped(reason));
         }
         Ok(())
@@ -257,12 +281,21 @@ fn settings(decision: &Arc<Decision>, max_memory: usize, charset: Charset) -> se
         .with_strict(false)
         .with_memory_settings(memory)
         .with_graceful_bail_out_on_content_handler_error(true)
-        .append_element_content_handler((Cow::Borrowed(&*BODY), send::ElementContentHandlers::default().element(body)))
-        .append_element_content_handler((Cow::Borrowed(&*WITH_ID), send::ElementContentHandlers::default().element(with_id)))
+        .append_element_content_handler((
+            Cow::Borrowed(&*BODY),
+            send::ElementContentHandlers::default().element(body),
+        ))
+        .append_element_content_handler((
+            Cow::Borrowed(&*WITH_ID),
+            send::ElementContentHandlers::default().element(with_id),
+        ))
         .append_element_content_handler((
             Cow::Borrowed(&*CONTAINERS),
             send::ElementContentHandlers::default().element(containers),
         ))
-        .append_element_content_handler((Cow::Borrowed(&*STOPPERS), send::ElementContentHandlers::default().element(stoppers)))
+        .append_element_content_handler((
+            Cow::Borrowed(&*STOPPERS),
+            send::ElementContentHandlers::default().element(stoppers),
+        ))
         .append_document_content_handler(send::DocumentContentHandlers::default().end(end))
 }

@@ -62,7 +62,11 @@ pub struct RewriteBody {
 
 enum Stage {
     /// Waiting for the first bytes, to look for a byte order mark.
-    Sniff { head: BytesMut, plan: RewritePlan, hook: SettingsHook },
+    Sniff {
+        head: BytesMut,
+        plan: RewritePlan,
+        hook: SettingsHook,
+    },
     /// Feeding lol_html.
     Rewrite(Box<Engine>, Sink),
     /// Passing the rest of the body through unchanged (skipped, or bailed out).
@@ -77,10 +81,19 @@ impl RewriteBody {
         Self::with_hook(inner, plan, metrics, engine::no_hook)
     }
 
-    fn with_hook(inner: Body, plan: RewritePlan, metrics: SharedMetrics, hook: SettingsHook) -> Self {
+    fn with_hook(
+        inner: Body,
+        plan: RewritePlan,
+        metrics: SharedMetrics,
+        hook: SettingsHook,
+    ) -> Self {
         RewriteBody {
             inner,
-            stage: Stage::Sniff { head: BytesMut::new(), plan, hook },
+            stage: Stage::Sniff {
+                head: BytesMut::new(),
+                plan,
+                hook,
+            },
             queued: VecDeque::new(),
             metrics,
         }
@@ -135,7 +148,8 @@ impl RewriteBody {
 
     /// Choose how to read the page from its first bytes, and leave `Sniff`.
     fn start(&mut self, first: &[u8]) {
-        let Stage::Sniff { plan, hook, .. } = std::mem::replace(&mut self.stage, Stage::Pass) else {
+        let Stage::Sniff { plan, hook, .. } = std::mem::replace(&mut self.stage, Stage::Pass)
+        else {
             return;
         };
         let charset = match charset(first, plan.encoding) {
@@ -201,17 +215,29 @@ impl RewriteBody {
 
 /// The encoding to rewrite with, or the skip reason. A byte order mark wins
 /// over the header (as in browsers); lol_html only reads ASCII-compatible ones.
-fn charset(first: &[u8], header: Option<&'static encoding_rs::Encoding>) -> Result<Charset, &'static str> {
+fn charset(
+    first: &[u8],
+    header: Option<&'static encoding_rs::Encoding>,
+) -> Result<Charset, &'static str> {
     if first.starts_with(&[0xFF, 0xFE]) || first.starts_with(&[0xFE, 0xFF]) {
         return Err("utf16");
     }
     if first.starts_with(&[0xEF, 0xBB, 0xBF]) {
-        return Ok(Charset { encoding: AsciiCompatibleEncoding::utf_8(), from_meta: false });
+        return Ok(Charset {
+            encoding: AsciiCompatibleEncoding::utf_8(),
+            from_meta: false,
+        });
     }
     match header {
-        None => Ok(Charset { encoding: AsciiCompatibleEncoding::utf_8(), from_meta: true }),
+        None => Ok(Charset {
+            encoding: AsciiCompatibleEncoding::utf_8(),
+            from_meta: true,
+        }),
         Some(enc) => match AsciiCompatibleEncoding::new(enc) {
-            Some(encoding) => Ok(Charset { encoding, from_meta: false }),
+            Some(encoding) => Ok(Charset {
+                encoding,
+                from_meta: false,
+            }),
             None if enc == encoding_rs::UTF_16LE || enc == encoding_rs::UTF_16BE => Err("utf16"),
             None => Err("unsupported_charset"),
         },
@@ -222,7 +248,10 @@ impl http_body::Body for RewriteBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             if let Some(frame) = this.queued.pop_front() {

@@ -7,14 +7,18 @@ use http_body::Body as _;
 use http_body_util::StreamBody;
 use std::task::Waker;
 
-const SNIPPET: &str =
-    r#"<script type="module" id="operator-chat-panel-script" src="https://w.example/w.js" token="T0k"></script>"#;
+const SNIPPET: &str = r#"<script type="module" id="operator-chat-panel-script" src="https://w.example/w.js" token="T0k"></script>"#;
 const ID: &str = "operator-chat-panel-script";
 /// In table-driven cases, where the snippet must land.
 const MARK: &str = "@@";
 
 fn plan() -> RewritePlan {
-    RewritePlan { snippet: SNIPPET.into(), script_id: ID.into(), encoding: None, max_memory: 4 << 20 }
+    RewritePlan {
+        snippet: SNIPPET.into(),
+        script_id: ID.into(),
+        encoding: None,
+        max_memory: 4 << 20,
+    }
 }
 
 fn plan_with(encoding: Option<&'static encoding_rs::Encoding>) -> RewritePlan {
@@ -23,7 +27,10 @@ fn plan_with(encoding: Option<&'static encoding_rs::Encoding>) -> RewritePlan {
 
 /// A body that yields `chunks` as data frames, then `tail` (an error or trailers) if given.
 fn frames_body(chunks: Vec<Bytes>, tail: Option<Result<Frame<Bytes>, BoxError>>) -> Body {
-    let frames = chunks.into_iter().map(|c| Ok::<_, BoxError>(Frame::data(c))).chain(tail);
+    let frames = chunks
+        .into_iter()
+        .map(|c| Ok::<_, BoxError>(Frame::data(c)))
+        .chain(tail);
     crate::body::boxed(StreamBody::new(futures_util::stream::iter(frames)))
 }
 
@@ -35,7 +42,10 @@ fn split(input: &[u8], size: usize) -> Vec<Bytes> {
 /// Split without copying.
 fn split_bytes(input: &Bytes, size: usize) -> Vec<Bytes> {
     let size = size.max(1);
-    (0..input.len()).step_by(size).map(|at| input.slice(at..(at + size).min(input.len()))).collect()
+    (0..input.len())
+        .step_by(size)
+        .map(|at| input.slice(at..(at + size).min(input.len())))
+        .collect()
 }
 
 /// Poll a body whose inner body never waits, collecting data frames (and trailers) until the end
@@ -63,7 +73,11 @@ fn concat(frames: &[Bytes]) -> Vec<u8> {
 /// Rewrite `input` fed in `size`-byte frames; returns the output and the metrics.
 fn run_with(input: &[u8], size: usize, plan: RewritePlan) -> (Vec<u8>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let (frames, trailers, err) = drive(rewrite(frames_body(split(input, size), None), plan, metrics.clone()));
+    let (frames, trailers, err) = drive(rewrite(
+        frames_body(split(input, size), None),
+        plan,
+        metrics.clone(),
+    ));
     assert!(err.is_none() && trailers.is_none());
     assert!(frames.iter().all(|f| !f.is_empty()), "no empty data frames");
     (concat(&frames), metrics)
@@ -79,7 +93,9 @@ const SIZES: [usize; 8] = [1, 2, 3, 7, 13, 64, 4096, usize::MAX];
 fn injected_count(m: &Metrics) -> u64 {
     m.render()
         .lines()
-        .find(|l| l.starts_with("chathub_proxy_inject_total{") && l.contains(r#"outcome="injected""#))
+        .find(|l| {
+            l.starts_with("chathub_proxy_inject_total{") && l.contains(r#"outcome="injected""#)
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -101,7 +117,11 @@ fn check_case(case: &str) {
     let expected = case.replacen(MARK, SNIPPET, 1);
     for size in SIZES {
         let (out, m) = run(input.as_bytes(), size);
-        assert_eq!(String::from_utf8_lossy(&out), expected, "case {case:?}, chunk size {size}");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            expected,
+            "case {case:?}, chunk size {size}"
+        );
         let want = u64::from(case.contains(MARK));
         assert_eq!(injected_count(&m), want, "case {case:?}, chunk size {size}");
     }
@@ -111,7 +131,9 @@ fn check_case(case: &str) {
 
 #[test]
 fn inserts_immediately_before_body_end_tag() {
-    check_case("<!doctype html><html><head><title>t</title></head><body><p>hi</p>@@</body></html>\n");
+    check_case(
+        "<!doctype html><html><head><title>t</title></head><body><p>hi</p>@@</body></html>\n",
+    );
 }
 
 #[test]
@@ -192,9 +214,13 @@ fn page_already_carrying_the_widget_is_left_alone() {
         assert_eq!(injected_count(&m), 0);
     }
     // Any element with the id counts, in the head too, in any attribute position.
-    check_case(r#"<head><link rel=preload class=a ID="operator-chat-panel-script"></head><body></body>"#);
+    check_case(
+        r#"<head><link rel=preload class=a ID="operator-chat-panel-script"></head><body></body>"#,
+    );
     // A different id, or the id as some other attribute's value, does not.
-    check_case(r#"<body><div id="operator-chat-panel-script-2" data-id="operator-chat-panel-script">@@</body>"#);
+    check_case(
+        r#"<body><div id="operator-chat-panel-script-2" data-id="operator-chat-panel-script">@@</body>"#,
+    );
 }
 
 #[test]
@@ -216,8 +242,14 @@ fn chained_proxy_does_not_inject_twice() {
 #[test]
 fn frameset_and_plaintext_documents_are_left_alone() {
     for (page, reason) in [
-        ("<html><head></head><frameset cols=\"50%,50%\"><frame src=a><noframes><body></body></noframes></frameset></html>", "frameset"),
-        ("<html><FRAMESET rows=*><frame src=b></FRAMESET></html>", "frameset"),
+        (
+            "<html><head></head><frameset cols=\"50%,50%\"><frame src=a><noframes><body></body></noframes></frameset></html>",
+            "frameset",
+        ),
+        (
+            "<html><FRAMESET rows=*><frame src=b></FRAMESET></html>",
+            "frameset",
+        ),
         ("<html><body><plaintext></body></html>", "plaintext"),
     ] {
         for size in SIZES {
@@ -272,7 +304,15 @@ fn non_utf8_pages_keep_every_byte() {
         assert_bytes_kept(&page, plan_with(None));
         assert_bytes_kept(&page, plan_with(Some(UTF_8)));
     }
-    assert_bytes_kept(&[b"<body><p>".as_slice(), &[0x80, 0xFF, 0xC3, 0x28, 0xE2, 0x82], b"</body>"].concat(), plan());
+    assert_bytes_kept(
+        &[
+            b"<body><p>".as_slice(),
+            &[0x80, 0xFF, 0xC3, 0x28, 0xE2, 0x82],
+            b"</body>",
+        ]
+        .concat(),
+        plan(),
+    );
 }
 
 #[test]
@@ -285,8 +325,14 @@ fn latin1_label_is_windows_1252_and_keeps_bytes() {
 #[test]
 fn utf16_pages_pass_through_untouched() {
     let text = "<html><body><p>hi</p></body></html>";
-    let le: Vec<u8> = [0xFF, 0xFE].into_iter().chain(text.encode_utf16().flat_map(u16::to_le_bytes)).collect();
-    let be: Vec<u8> = [0xFE, 0xFF].into_iter().chain(text.encode_utf16().flat_map(u16::to_be_bytes)).collect();
+    let le: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    let be: Vec<u8> = [0xFE, 0xFF]
+        .into_iter()
+        .chain(text.encode_utf16().flat_map(u16::to_be_bytes))
+        .collect();
     let no_bom: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
     let cases = [
         (&le, None),
@@ -333,10 +379,18 @@ fn tiny_and_empty_bodies() {
     check_case("<p@@");
     // Empty frames in between change nothing.
     let metrics = Arc::new(Metrics::new());
-    let chunks = vec![Bytes::new(), Bytes::from_static(b"<"), Bytes::new(), Bytes::from_static(b"body></body>")];
+    let chunks = vec![
+        Bytes::new(),
+        Bytes::from_static(b"<"),
+        Bytes::new(),
+        Bytes::from_static(b"body></body>"),
+    ];
     let (frames, _, err) = drive(rewrite(frames_body(chunks, None), plan(), metrics));
     assert!(err.is_none());
-    assert_eq!(concat(&frames), format!("<body>{SNIPPET}</body>").as_bytes());
+    assert_eq!(
+        concat(&frames),
+        format!("<body>{SNIPPET}</body>").as_bytes()
+    );
 }
 
 // ---------------------------------------------------------------- failures
@@ -344,19 +398,30 @@ fn tiny_and_empty_bodies() {
 #[test]
 fn huge_start_tag_yields_the_complete_original_page() {
     // A 20 MB inline image in one attribute: more than the 4 MiB limit.
-    let mut page = b"<!doctype html><html><body><p>before</p><img alt=x src=\"data:image/png;base64,".to_vec();
+    let mut page =
+        b"<!doctype html><html><body><p>before</p><img alt=x src=\"data:image/png;base64,".to_vec();
     page.resize(page.len() + 20_000_000, b'A');
     page.extend_from_slice(b"\"><p>after</p></body></html>\n");
     let page = Bytes::from(page);
     for size in [16 * 1024, 65_536 + 3, 1 << 20] {
         let metrics = Arc::new(Metrics::new());
-        let mut body = rewrite(frames_body(split_bytes(&page, size), None), plan(), metrics.clone());
+        let mut body = rewrite(
+            frames_body(split_bytes(&page, size), None),
+            plan(),
+            metrics.clone(),
+        );
         // Compare frame by frame instead of collecting 20 MB twice.
         let mut cx = Context::from_waker(Waker::noop());
         let mut at = 0;
         while let Poll::Ready(Some(frame)) = Pin::new(&mut body).poll_frame(&mut cx) {
-            let data = frame.ok().and_then(|f| f.into_data().ok()).unwrap_or_default();
-            assert!(page[at..].starts_with(&data), "output differs from the original page at {at} (size {size})");
+            let data = frame
+                .ok()
+                .and_then(|f| f.into_data().ok())
+                .unwrap_or_default();
+            assert!(
+                page[at..].starts_with(&data),
+                "output differs from the original page at {at} (size {size})"
+            );
             at += data.len();
         }
         assert_eq!(at, page.len(), "complete page (size {size})");
@@ -372,15 +437,22 @@ fn memory_limit_after_injection_keeps_the_snippet_and_the_rest() {
     page.extend_from_slice(b"</script><img src=\"");
     page.resize(page.len() + 300_000, b'y');
     page.extend_from_slice(b"\"></html>");
-    let plan = RewritePlan { max_memory: 128 * 1024, ..plan() };
+    let plan = RewritePlan {
+        max_memory: 128 * 1024,
+        ..plan()
+    };
     let (out, m) = run_with(&page, 10_000, plan);
     assert!(out == inserted_at(&page, 20));
     assert_eq!(m.rewrite_failure_count("memory_limit"), 1);
     assert_eq!(injected_count(&m), 1);
 }
 
-fn fail_on_div(s: lol_html::send::Settings<'static, 'static>) -> lol_html::send::Settings<'static, 'static> {
-    s.append_element_content_handler(lol_html::element!("div.boom", |_el| Err("handler failed".into())))
+fn fail_on_div(
+    s: lol_html::send::Settings<'static, 'static>,
+) -> lol_html::send::Settings<'static, 'static> {
+    s.append_element_content_handler(lol_html::element!("div.boom", |_el| Err(
+        "handler failed".into()
+    )))
 }
 
 #[test]
@@ -388,7 +460,12 @@ fn handler_error_passes_the_rest_through_unchanged() {
     let page = b"<html><body><p>a</p><div class=boom>b</div><p>c</p></body></html>";
     for size in SIZES {
         let metrics = Arc::new(Metrics::new());
-        let body = RewriteBody::with_hook(frames_body(split(page, size), None), plan(), metrics.clone(), fail_on_div);
+        let body = RewriteBody::with_hook(
+            frames_body(split(page, size), None),
+            plan(),
+            metrics.clone(),
+            fail_on_div,
+        );
         let (frames, _, err) = drive(body.boxed_unsync());
         assert!(err.is_none());
         assert_eq!(concat(&frames), page, "size {size}");
@@ -399,7 +476,12 @@ fn handler_error_passes_the_rest_through_unchanged() {
     let page = b"<html><body><p>a</p></body><div class=boom>b</div><p>c</p></html>";
     for size in SIZES {
         let metrics = Arc::new(Metrics::new());
-        let body = RewriteBody::with_hook(frames_body(split(page, size), None), plan(), metrics.clone(), fail_on_div);
+        let body = RewriteBody::with_hook(
+            frames_body(split(page, size), None),
+            plan(),
+            metrics.clone(),
+            fail_on_div,
+        );
         let (frames, _, _) = drive(body.boxed_unsync());
         assert_eq!(concat(&frames), inserted_at(page, 20), "size {size}");
         assert_eq!(metrics.rewrite_failure_count("rewriter_error"), 1);
@@ -415,17 +497,30 @@ fn upstream_error_is_a_body_error_not_a_clean_end() {
             let body = frames_body(split(page, size), Some(Err(err)));
             let metrics = Arc::new(Metrics::new());
             let (frames, _, err) = drive(rewrite(body, plan_with(encoding), metrics.clone()));
-            assert_eq!(err.map(|e| e.to_string()).as_deref(), Some("upstream reset"));
+            assert_eq!(
+                err.map(|e| e.to_string()).as_deref(),
+                Some("upstream reset")
+            );
             let out = concat(&frames);
-            assert!(page.starts_with(&out), "only original bytes before the error");
+            assert!(
+                page.starts_with(&out),
+                "only original bytes before the error"
+            );
             assert_eq!(injected_count(&metrics), 0);
         }
     }
     // An error before the first byte, and one after a bail-out.
-    let (frames, _, err) = drive(rewrite(frames_body(vec![], Some(Err("early".into()))), plan(), Arc::new(Metrics::new())));
+    let (frames, _, err) = drive(rewrite(
+        frames_body(vec![], Some(Err("early".into()))),
+        plan(),
+        Arc::new(Metrics::new()),
+    ));
     assert!(frames.is_empty() && err.is_some());
     let body = RewriteBody::with_hook(
-        frames_body(split(b"<div class=boom></div><p>more", 4), Some(Err("late".into()))),
+        frames_body(
+            split(b"<div class=boom></div><p>more", 4),
+            Some(Err("late".into())),
+        ),
         plan(),
         Arc::new(Metrics::new()),
         fail_on_div,
@@ -466,20 +561,44 @@ fn is_end_stream_only_after_everything_is_out() {
 #[tokio::test]
 async fn first_bytes_reach_the_client_before_the_page_ends() {
     let (mut tx, upstream) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
-    let mut body = rewrite(crate::body::boxed(upstream), plan(), Arc::new(Metrics::new()));
+    let mut body = rewrite(
+        crate::body::boxed(upstream),
+        plan(),
+        Arc::new(Metrics::new()),
+    );
     let wait = std::time::Duration::from_secs(10);
-    tx.send_data(Bytes::from_static(b"<html><head><title>slow</title></head><body><p>first</p><di"))
+    tx.send_data(Bytes::from_static(
+        b"<html><head><title>slow</title></head><body><p>first</p><di",
+    ))
+    .await
+    .map_err(|_| "send")
+    .unwrap();
+    // The page is far from finished, yet output is already available.
+    let first = tokio::time::timeout(wait, body.frame())
+        .await
+        .expect("first bytes while upstream is still open");
+    let first = first
+        .and_then(|f| f.ok())
+        .and_then(|f| f.into_data().ok())
+        .unwrap_or_default();
+    assert_eq!(
+        &first[..],
+        b"<html><head><title>slow</title></head><body><p>first</p>"
+    );
+    tx.send_data(Bytes::from_static(b"v>rest</div></body></html>"))
         .await
         .map_err(|_| "send")
         .unwrap();
-    // The page is far from finished, yet output is already available.
-    let first = tokio::time::timeout(wait, body.frame()).await.expect("first bytes while upstream is still open");
-    let first = first.and_then(|f| f.ok()).and_then(|f| f.into_data().ok()).unwrap_or_default();
-    assert_eq!(&first[..], b"<html><head><title>slow</title></head><body><p>first</p>");
-    tx.send_data(Bytes::from_static(b"v>rest</div></body></html>")).await.map_err(|_| "send").unwrap();
     drop(tx);
-    let rest = tokio::time::timeout(wait, body.collect()).await.expect("rest").unwrap().to_bytes();
-    assert_eq!(&rest[..], format!("<div>rest</div>{SNIPPET}</body></html>").as_bytes());
+    let rest = tokio::time::timeout(wait, body.collect())
+        .await
+        .expect("rest")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        &rest[..],
+        format!("<div>rest</div>{SNIPPET}</body></html>").as_bytes()
+    );
 }
 
 /// Upstream body that generates `left` bytes of realistic markup on the fly:
@@ -501,7 +620,10 @@ const TAIL: &[u8] = b"</div></body></html>\n";
 impl http_body::Body for Generated {
     type Data = Bytes;
     type Error = BoxError;
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(head) = self.head.take() {
             return Poll::Ready(Some(Ok(Frame::data(head))));
         }
@@ -522,7 +644,12 @@ impl http_body::Body for Generated {
 
 fn resident_bytes() -> Option<usize> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    statm.split_whitespace().nth(1)?.parse::<usize>().ok().map(|pages| pages * 4096)
+    statm
+        .split_whitespace()
+        .nth(1)?
+        .parse::<usize>()
+        .ok()
+        .map(|pages| pages * 4096)
 }
 
 /// Stream `total` generated bytes through the rewriter and check the output
@@ -547,7 +674,14 @@ fn stream_generated(total: usize) {
     let metrics = Arc::new(Metrics::new());
     // A small limit: lol_html must never need more than this for the whole stream.
     let max_memory = 256 * 1024;
-    let mut body = rewrite(crate::body::boxed(upstream), RewritePlan { max_memory, ..plan() }, metrics.clone());
+    let mut body = rewrite(
+        crate::body::boxed(upstream),
+        RewritePlan {
+            max_memory,
+            ..plan()
+        },
+        metrics.clone(),
+    );
 
     let before = resident_bytes();
     let mut cx = Context::from_waker(Waker::noop());
@@ -561,8 +695,13 @@ fn stream_generated(total: usize) {
                 let data = frame.into_data().unwrap_or_default();
                 out_len += data.len();
                 largest = largest.max(data.len());
-                let window: Vec<u8> = carry.iter().chain(data[..data.len().min(SNIPPET.len())].iter()).copied().collect();
-                snippets += occurrences(&window, SNIPPET.as_bytes()) + occurrences(&data, SNIPPET.as_bytes());
+                let window: Vec<u8> = carry
+                    .iter()
+                    .chain(data[..data.len().min(SNIPPET.len())].iter())
+                    .copied()
+                    .collect();
+                snippets += occurrences(&window, SNIPPET.as_bytes())
+                    + occurrences(&data, SNIPPET.as_bytes());
                 carry = data[data.len().saturating_sub(SNIPPET.len() - 1)..].to_vec();
                 frames += 1;
                 if frames % 1024 == 0 {
@@ -582,11 +721,17 @@ fn stream_generated(total: usize) {
     // lol_html's own accounting stayed under `max_memory` for the whole stream.
     assert_eq!(metrics.rewrite_failure_count("memory_limit"), 0);
     // Output frames are about as big as input frames: nothing accumulates.
-    assert!(largest <= chunk_len + SNIPPET.len() + 1024, "largest output frame {largest}");
+    assert!(
+        largest <= chunk_len + SNIPPET.len() + 1024,
+        "largest output frame {largest}"
+    );
     // Whole-process resident memory (other tests run concurrently, hence the slack)
     // grows by far less than the streamed size; buffering the page would double it.
     if before.is_some() {
-        assert!(peak_growth < total / 2, "resident memory grew by {peak_growth} bytes");
+        assert!(
+            peak_growth < total / 2,
+            "resident memory grew by {peak_growth} bytes"
+        );
     }
 }
 
@@ -601,7 +746,6 @@ fn a_long_page_streams_with_flat_memory() {
 fn a_one_gigabyte_page_streams_with_flat_memory() {
     stream_generated(1 << 30);
 }
-
 
 // ---------------------------------------------------------------- fixture pages
 
@@ -626,27 +770,46 @@ fn body_end_positions(page: &[u8]) -> Vec<usize> {
 
 #[test]
 fn fixture_pages() {
-    use encoding_rs::*;
     use Expect::*;
+    use encoding_rs::*;
     let cases: [(&str, &[Option<&'static Encoding>], Expect); 12] = [
         ("cms-blog.html", &[None, Some(UTF_8)], BeforeLastBodyEnd),
         ("no-body-end.html", &[None, Some(UTF_8)], AtEnd),
-        ("windows-1251.html", &[None, Some(WINDOWS_1251)], BeforeLastBodyEnd),
-        ("shift_jis.html", &[None, Some(SHIFT_JIS)], BeforeLastBodyEnd),
+        (
+            "windows-1251.html",
+            &[None, Some(WINDOWS_1251)],
+            BeforeLastBodyEnd,
+        ),
+        (
+            "shift_jis.html",
+            &[None, Some(SHIFT_JIS)],
+            BeforeLastBodyEnd,
+        ),
         ("euc-kr.html", &[None, Some(EUC_KR)], BeforeLastBodyEnd),
-        ("iso-8859-1.html", &[Encoding::for_label(b"iso-8859-1"), None], BeforeLastBodyEnd),
+        (
+            "iso-8859-1.html",
+            &[Encoding::for_label(b"iso-8859-1"), None],
+            BeforeLastBodyEnd,
+        ),
         ("uppercase.html", &[None], BeforeLastBodyEnd),
         ("spa-shell.html", &[None, Some(UTF_8)], BeforeLastBodyEnd),
         ("newsletter.html", &[None], BeforeFirstBodyEnd),
         ("frameset.html", &[None], Skipped("frameset")),
         ("with-widget.html", &[None], Skipped("already_present")),
-        ("utf16le-bom.html", &[None, Some(UTF_16LE)], Skipped("utf16")),
+        (
+            "utf16le-bom.html",
+            &[None, Some(UTF_16LE)],
+            Skipped("utf16"),
+        ),
     ];
     for (name, encodings, expect) in cases {
         let page = fixture(name);
         let ends = body_end_positions(&page);
         let expected = match expect {
-            BeforeLastBodyEnd => inserted_at(&page, *ends.last().unwrap_or_else(|| panic!("{name} has </body>"))),
+            BeforeLastBodyEnd => inserted_at(
+                &page,
+                *ends.last().unwrap_or_else(|| panic!("{name} has </body>")),
+            ),
             BeforeFirstBodyEnd => inserted_at(&page, ends[0]),
             AtEnd => inserted_at(&page, page.len()),
             Skipped(_) => page.clone(),
@@ -654,7 +817,11 @@ fn fixture_pages() {
         for &enc in encodings {
             for size in SIZES {
                 let (out, m) = run_with(&page, size, plan_with(enc));
-                assert!(out == expected, "{name} ({enc:?}, chunk size {size}):\n{}", String::from_utf8_lossy(&out));
+                assert!(
+                    out == expected,
+                    "{name} ({enc:?}, chunk size {size}):\n{}",
+                    String::from_utf8_lossy(&out)
+                );
                 match expect {
                     Skipped(reason) => assert_eq!(m.skipped_count(reason), 1, "{name}"),
                     _ => assert_eq!(injected_count(&m), 1, "{name}"),
@@ -670,7 +837,10 @@ fn fixture_pages_with_unescaped_body_end_in_scripts_keep_them() {
     // all of them come through, and the snippet is not next to any of them.
     let page = fixture("cms-blog.html");
     let (out, _) = run(&page, 512);
-    assert_eq!(body_end_positions(&page).len() + 0, body_end_positions(&out).len());
+    assert_eq!(
+        body_end_positions(&page).len() + 0,
+        body_end_positions(&out).len()
+    );
     let at = memchr::memmem::find(&out, SNIPPET.as_bytes()).unwrap_or(0);
     assert_eq!(&out[at + SNIPPET.len()..], b"</body>\n</html>\n");
 }
@@ -685,14 +855,71 @@ mod props {
     /// stray syntax, and arbitrary bytes (including >= 0x80 and lone `<`).
     fn piece() -> impl Strategy<Value = Vec<u8>> {
         const FIXED: &[&str] = &[
-            "<body>", "</body>", "</BODY>", "<Body class=\"a\">", "</body >", "</body\n>", "<html>", "</html>",
-            "<head>", "</head>", "<div>", "</div>", "<p>", "</p>", "<br/>", "<img src=x>", "<!-- ", " -->", "<!---->",
-            "<script>", "</script>", "<textarea>", "</textarea>", "<template>", "</template>", "<svg>", "</svg>",
-            "<math>", "</math>", "<style>", "</style>", "<title>", "</title>", "<a href=\"</body>\">", "</a>",
-            "<img alt='</body>'>", "<![CDATA[", "]]>", "<!doctype html>", "<select>", "<table>", "<td>",
-            "<noscript>", "</noscript>", "<iframe>", "</iframe>", "<foreignObject>", "<desc>", "\"", "'", "<", ">",
-            "</", "=", "<meta charset=windows-1251>", "<meta charset=shift_jis>", "<meta http-equiv=content-type content=\"text/html; charset=euc-kr\">",
-            "<xmp>", "</xmp>", "<!", "<?php ?>", "&lt;/body&gt;", "</bo", "dy>", "\u{0}",
+            "<body>",
+            "</body>",
+            "</BODY>",
+            "<Body class=\"a\">",
+            "</body >",
+            "</body\n>",
+            "<html>",
+            "</html>",
+            "<head>",
+            "</head>",
+            "<div>",
+            "</div>",
+            "<p>",
+            "</p>",
+            "<br/>",
+            "<img src=x>",
+            "<!-- ",
+            " -->",
+            "<!---->",
+            "<script>",
+            "</script>",
+            "<textarea>",
+            "</textarea>",
+            "<template>",
+            "</template>",
+            "<svg>",
+            "</svg>",
+            "<math>",
+            "</math>",
+            "<style>",
+            "</style>",
+            "<title>",
+            "</title>",
+            "<a href=\"</body>\">",
+            "</a>",
+            "<img alt='</body>'>",
+            "<![CDATA[",
+            "]]>",
+            "<!doctype html>",
+            "<select>",
+            "<table>",
+            "<td>",
+            "<noscript>",
+            "</noscript>",
+            "<iframe>",
+            "</iframe>",
+            "<foreignObject>",
+            "<desc>",
+            "\"",
+            "'",
+            "<",
+            ">",
+            "</",
+            "=",
+            "<meta charset=windows-1251>",
+            "<meta charset=shift_jis>",
+            "<meta http-equiv=content-type content=\"text/html; charset=euc-kr\">",
+            "<xmp>",
+            "</xmp>",
+            "<!",
+            "<?php ?>",
+            "&lt;/body&gt;",
+            "</bo",
+            "dy>",
+            "\u{0}",
         ];
         prop_oneof![
             3 => proptest::sample::select(FIXED).prop_map(|s| s.as_bytes().to_vec()),
@@ -715,7 +942,11 @@ mod props {
             at += n;
             i += 1;
         }
-        let (frames, _, err) = drive(rewrite(frames_body(chunks, None), plan, Arc::new(Metrics::new())));
+        let (frames, _, err) = drive(rewrite(
+            frames_body(chunks, None),
+            plan,
+            Arc::new(Metrics::new()),
+        ));
         assert!(err.is_none());
         concat(&frames)
     }

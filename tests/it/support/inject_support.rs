@@ -137,11 +137,6 @@ pub fn strip_tags(data: &[u8]) -> (Vec<u8>, usize) {
     (out, count)
 }
 
-/// The tag the proxy should insert with [`TOKEN`] and the default widget URL.
-pub fn expected_tag_part() -> String {
-    format!("id=\"{SCRIPT_ID}\"")
-}
-
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
