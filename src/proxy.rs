@@ -122,7 +122,13 @@ async fn handle_inner(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
-    let client_accept = parts.headers.get(header::ACCEPT_ENCODING).cloned();
+    // Every Accept-Encoding line the client sent, for choosing the output coding.
+    let client_accept: HeaderMap = parts
+        .headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .map(|v| (header::ACCEPT_ENCODING, v.clone()))
+        .collect();
     let trusted = cfg.server.is_trusted(peer.ip());
     let https = client_is_https(&parts.headers, trusted);
 
@@ -196,22 +202,24 @@ async fn handle_inner(
     };
 
     let rbody = body::boxed(rbody);
-    let limits = codec::DecodeLimits { max_bytes: cfg.inject.max_decompressed_bytes, max_ratio: cfg.inject.max_decompression_ratio };
     let decoded = if is_head {
         body::empty()
     } else {
-        match codec::decode(rbody, info.coding, limits).await {
+        match codec::decode_checked(rbody, info.coding, codec::DecodeLimits::from_config(&cfg.inject)).await {
             Ok(b) => b,
-            Err(original) => {
-                state.metrics.skipped(Skip::DecompressionLimit.reason());
-                mark(&mut rparts.headers, cfg, Err(Skip::DecompressionLimit));
-                return Ok(Response::from_parts(rparts, original));
+            Err(refused) => {
+                // A bomb or a corrupt body caught before the head went out: the
+                // page goes out exactly as received.
+                let skip = Skip::from(refused.why);
+                state.metrics.skipped(skip.reason());
+                mark(&mut rparts.headers, cfg, Err(skip));
+                return Ok(Response::from_parts(rparts, refused.body));
             }
         }
     };
-    let out = codec::choose_output(client_accept.as_ref(), info.coding);
+    let out = codec::choose_output_for(&client_accept, info.coding);
     inject::rewrite_response_headers(&mut rparts.headers);
-    set_content_encoding(&mut rparts.headers, out);
+    inject::set_output_coding(&mut rparts.headers, out);
     mark(&mut rparts.headers, cfg, Ok(()));
     if is_new {
         set_session_cookie(&mut rparts.headers, cfg, &session, https);
@@ -281,21 +289,6 @@ fn mark(headers: &mut HeaderMap, cfg: &Config, outcome: Result<(), Skip>) {
         Err(skip) => HeaderValue::from_str(&format!("skipped; reason={}", skip.reason())).unwrap_or(HeaderValue::from_static("skipped")),
     };
     headers.insert(X_CHATHUB_INJECT, v);
-}
-
-fn set_content_encoding(headers: &mut HeaderMap, coding: codec::Coding) {
-    headers.remove(header::CONTENT_ENCODING);
-    if let Some(name) = coding.as_header() {
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(name));
-    }
-    let varies = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*"));
-    if !varies {
-        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
 }
 
 /// The one Host of a request: the URI authority (HTTP/2 `:authority` or an
