@@ -136,7 +136,9 @@ async fn handle_inner(
     if path == cfg.inject.token_path {
         return Ok(state.tokens.endpoint(&route, &parts, trusted, https).await);
     }
-    let session_id = state.cookie_names.iter().find_map(|n| session::from_headers(&parts.headers, n));
+    // Over HTTPS only the `__Host-` cookie counts: a plain one could have been
+    // planted by a sibling subdomain or over plain HTTP.
+    let session_id = session::from_headers(&parts.headers, &session::cookie_name(&cfg.session, https));
     let identity = crate::operator::identity_for(&route, &parts.headers, trusted);
     // The proxy's own cookie is none of the upstream's business.
     session::strip_from_request(&mut parts.headers, &state.cookie_names);
@@ -161,7 +163,7 @@ async fn handle_inner(
                 None => (session::new_id(), true),
             };
             // Started now, so the mint runs while the upstream answers.
-            let pending = PendingToken::Spawned(state.tokens.spawn_token_for(route.clone(), session.clone(), identity));
+            let pending = PendingToken::Spawned(state.tokens.spawn_token_for(route.clone(), session, identity));
             Ok((pending, session, is_new))
         }
         Err(skip) => Err(skip),

@@ -105,6 +105,8 @@ pub struct InjectConfig {
     pub token_path: String,
     pub helper_path: String,
     pub refresh_helper: bool,
+    /// ASCII-serialised origins (`https://chatapi.example`) for `connect-src`.
+    pub connect_origins: Vec<String>,
 }
 
 impl InjectConfig {

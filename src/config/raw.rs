@@ -203,6 +203,9 @@ pub struct RawInject {
     pub token_path: Str,
     pub helper_path: Str,
     pub refresh_helper: bool,
+    /// Origins the widget talks to from the browser, added to `connect-src`
+    /// when a page's policy is amended (the widget's own origin always is).
+    pub connect_origins: Vec<Str>,
 }
 
 impl Default for RawInject {
@@ -224,6 +227,7 @@ impl Default for RawInject {
             token_path: Str("/api/chathub/token".into()),
             helper_path: Str("/__chathub/refresh.js".into()),
             refresh_helper: false,
+            connect_origins: Vec::new(),
         }
     }
 }

@@ -231,7 +231,30 @@ fn inject(c: &mut Checker, raw: &RawConfig) -> InjectConfig {
         token_path: i.token_path.0.clone(),
         helper_path: i.helper_path.0.clone(),
         refresh_helper: i.refresh_helper,
+        connect_origins: connect_origins(c, &i.connect_origins),
     }
+}
+
+/// `inject.connect_origins`: http(s) or ws(s) origins, without path, query or credentials.
+fn connect_origins(c: &mut Checker, raw: &[Str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in raw {
+        let s = s.as_str().trim();
+        match url::Url::parse(s) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https" | "ws" | "wss")
+                    && u.host_str().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.username().is_empty()
+                    && u.password().is_none() =>
+            {
+                out.push(u.origin().ascii_serialization())
+            }
+            _ => c.err("inject.connect_origins", format!("`{s}` is not an origin like \"https://chatapi.example.com\"")),
+        }
+    }
+    out
 }
 
 fn token(c: &mut Checker, raw: &RawConfig) -> TokenConfig {
