@@ -20,6 +20,8 @@
 //! | [`codec`] | content codings: decode, bound, re-encode |
 //! | [`rewrite`] | lol_html streaming insertion |
 //! | [`tag`] | the widget tag, escaped, built once per config |
+//! | [`snippet`] | the inserted HTML: widget tag, fallback block, helper script |
+//! | [`csp`] | the page's Content-Security-Policy: nonce, amend, or skip |
 //! | [`session`] | the proxy's session cookie |
 //! | [`token`] | per-session operator tokens: cache, refresh, budget, breaker |
 //! | [`operator`] | the operator rules per route |
@@ -41,6 +43,7 @@ pub mod chathub;
 pub mod codec;
 pub mod demo;
 pub mod config;
+pub mod csp;
 pub mod emulator;
 pub mod error;
 pub mod forwarded;
@@ -54,6 +57,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod snippet;
 pub mod tag;
 pub mod telemetry;
 pub mod token;

@@ -8,6 +8,7 @@
 //! element carrying the widget's id, a `<frameset>` or a `<plaintext>` comes
 //! first.
 
+use crate::csp::PageCsp;
 use crate::metrics::SharedMetrics;
 use bytes::{Bytes, BytesMut};
 use lol_html::errors::RewritingError;
@@ -36,6 +37,8 @@ static BODY: LazyLock<Selector> = LazyLock::new(|| parse_selector("body"));
 static WITH_ID: LazyLock<Selector> = LazyLock::new(|| parse_selector("[id]"));
 static CONTAINERS: LazyLock<Selector> = LazyLock::new(|| parse_selector("template, svg, math"));
 static STOPPERS: LazyLock<Selector> = LazyLock::new(|| parse_selector("frameset, plaintext"));
+static META_EQUIV: LazyLock<Selector> = LazyLock::new(|| parse_selector("meta[http-equiv]"));
+static NONCED_SCRIPTS: LazyLock<Selector> = LazyLock::new(|| parse_selector("script[nonce]"));
 
 #[allow(clippy::expect_used)]
 fn parse_selector(s: &str) -> Selector {
@@ -64,6 +67,8 @@ struct Decision {
     snippet: Arc<str>,
     script_id: Arc<str>,
     metrics: SharedMetrics,
+    /// CSP policies and nonces read from the page, when the proxy asked for it.
+    page: Option<PageScan>,
 }
 
 impl Decision {
@@ -95,15 +100,85 @@ impl Decision {
         if end.name() != "body" {
             return;
         }
-        if self.claim(Outcome::Injected) {
-            end.before(&self.snippet, ContentType::Html);
+        if let Some(snippet) = self.choose() {
+            end.before(&snippet, ContentType::Html);
         }
     }
 
     fn document_end(&self, end: &mut DocumentEnd<'_>) {
-        if self.claim(Outcome::Injected) {
-            end.append(&self.snippet, ContentType::Html);
+        if let Some(snippet) = self.choose() {
+            end.append(&snippet, ContentType::Html);
         }
+    }
+}
+
+impl Decision {
+    /// Claim the decision and return what to insert: the plan's snippet, or
+    /// under the page's `<meta>` policies the one they allow. `None` when
+    /// another handler decided first, or those policies keep the widget out
+    /// (skip reason `csp`).
+    fn choose(&self) -> Option<Cow<'_, str>> {
+        if let Some(verdict) = self.page.as_ref().and_then(PageScan::meta_snippet) {
+            return match verdict {
+                Ok(s) => self.claim(Outcome::Injected).then_some(Cow::Owned(s)),
+                Err(blocked) => {
+                    tracing::debug!(reason = blocked.reason(), "the page's <meta> policy blocks the widget");
+                    self.claim(Outcome::Skipped("csp"));
+                    None
+                }
+            };
+        }
+        self.claim(Outcome::Injected)
+            .then_some(Cow::Borrowed(&*self.snippet))
+    }
+}
+
+/// What the page itself says about CSP before the insertion point: its
+/// `<meta http-equiv=Content-Security-Policy>` contents and the nonces of its
+/// own scripts. Bounded: past the limits the page is not injected.
+struct PageScan {
+    csp: Arc<PageCsp>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    metas: Vec<String>,
+    nonces: Vec<String>,
+    too_much: bool,
+}
+
+impl PageScan {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn meta(&self, content: String) {
+        let mut seen = self.seen();
+        if seen.metas.len() >= crate::csp::MAX_META_POLICIES || content.len() > crate::csp::MAX_META_LEN {
+            seen.too_much = true;
+        } else {
+            seen.metas.push(content);
+        }
+    }
+
+    fn nonce(&self, nonce: String) {
+        let mut seen = self.seen();
+        if seen.nonces.len() < crate::csp::MAX_PAGE_NONCES && nonce.len() <= 256 && !seen.nonces.contains(&nonce) {
+            seen.nonces.push(nonce);
+        }
+    }
+
+    /// `None` when the page has no `<meta>` policy: the plan's snippet stands.
+    fn meta_snippet(&self) -> Option<Result<String, crate::csp::Blocked>> {
+        let seen = self.seen();
+        if seen.too_much {
+            return Some(Err(crate::csp::Blocked::Meta));
+        }
+        if seen.metas.is_empty() {
+            return None;
+        }
+        Some(self.csp.meta_snippet(&seen.metas, &seen.nonces))
     }
 }
 
@@ -155,6 +230,8 @@ pub(super) struct EngineParams<'a> {
     pub max_memory: usize,
     pub metrics: &'a SharedMetrics,
     pub hook: SettingsHook,
+    /// Judge the page's own `<meta>` CSP and nonces (see [`crate::csp::PageCsp`]).
+    pub csp: Option<Arc<PageCsp>>,
 }
 
 impl Engine {
@@ -166,9 +243,19 @@ impl Engine {
             snippet: params.snippet.clone(),
             script_id: params.script_id.clone(),
             metrics: params.metrics.clone(),
+            page: params
+                .csp
+                .filter(|c| c.inspects_page())
+                .map(|csp| PageScan {
+                    csp,
+                    seen: Mutex::default(),
+                }),
         });
         let sink = Sink::default();
-        let settings = (params.hook)(settings(&decision, params.max_memory, charset));
+        let settings = (params.hook)(page_handlers(
+            settings(&decision, params.max_memory, charset),
+            &decision,
+        ));
         let rewriter = send::HtmlRewriter::new(settings, sink.clone());
         Engine { rewriter, sink }
     }
@@ -298,4 +385,52 @@ fn settings(
             send::ElementContentHandlers::default().element(stoppers),
         ))
         .append_document_content_handler(send::DocumentContentHandlers::default().end(end))
+}
+
+/// The handlers that read the page's `<meta>` CSP and script nonces, added
+/// only when the proxy asked for them. Both stop once the snippet is placed.
+fn page_handlers(
+    settings: send::Settings<'static, 'static>,
+    decision: &Arc<Decision>,
+) -> send::Settings<'static, 'static> {
+    if decision.page.is_none() {
+        return settings;
+    }
+    let d = decision.clone();
+    let meta = move |el: &mut send::Element<'_, '_>| {
+        // Inside <template> a <meta> does nothing; outside HTML it is not a meta.
+        if let Some(page) = &d.page
+            && !d.decided.load(Ordering::Relaxed)
+            && d.templates.load(Ordering::Relaxed) == 0
+            && el.namespace_uri() == HTML_NS
+            && el
+                .get_attribute("http-equiv")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("content-security-policy"))
+            && let Some(content) = el.get_attribute("content")
+        {
+            page.meta(content);
+        }
+        Ok(())
+    };
+    let d = decision.clone();
+    let nonced = move |el: &mut send::Element<'_, '_>| {
+        if let Some(page) = &d.page
+            && !d.decided.load(Ordering::Relaxed)
+            && el.namespace_uri() == HTML_NS
+            && let Some(nonce) = el.get_attribute("nonce")
+            && !nonce.is_empty()
+        {
+            page.nonce(nonce);
+        }
+        Ok(())
+    };
+    settings
+        .append_element_content_handler((
+            Cow::Borrowed(&*META_EQUIV),
+            send::ElementContentHandlers::default().element(meta),
+        ))
+        .append_element_content_handler((
+            Cow::Borrowed(&*NONCED_SCRIPTS),
+            send::ElementContentHandlers::default().element(nonced),
+        ))
 }

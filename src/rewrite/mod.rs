@@ -43,6 +43,23 @@ pub fn rewrite(body: Body, plan: RewritePlan, metrics: SharedMetrics) -> Body {
     RewriteBody::new(body, plan, metrics).boxed_unsync()
 }
 
+/// Like [`rewrite`], for a page whose CSP the proxy handles: `plan.snippet`
+/// (rendered for the header policies, see [`crate::csp::PageCsp::header_snippet`])
+/// is inserted unless the page has `<meta http-equiv=Content-Security-Policy>`
+/// policies before the insertion point; then `csp` renders the snippet with
+/// a nonce they accept (the header's, or one of the page's own scripts'), or
+/// the page is left without it (skip reason `csp`).
+pub fn rewrite_with_csp(
+    body: Body,
+    plan: RewritePlan,
+    csp: Arc<crate::csp::PageCsp>,
+    metrics: SharedMetrics,
+) -> Body {
+    let mut rb = RewriteBody::new(body, plan, metrics);
+    rb.csp = Some(csp);
+    rb.boxed_unsync()
+}
+
 /// lol_html copies a whole `write` into its buffer when the previous one ended
 /// inside a tag, and that copy counts against the memory limit. Feeding it at
 /// most this much at a time keeps that copy small whatever the upstream frame size.
@@ -58,6 +75,8 @@ pub struct RewriteBody {
     /// Frames ready to hand out, oldest first.
     queued: VecDeque<Frame<Bytes>>,
     metrics: SharedMetrics,
+    /// The page's CSP state, for [`rewrite_with_csp`].
+    csp: Option<Arc<crate::csp::PageCsp>>,
 }
 
 enum Stage {
@@ -96,6 +115,7 @@ impl RewriteBody {
             },
             queued: VecDeque::new(),
             metrics,
+            csp: None,
         }
     }
 
@@ -166,6 +186,7 @@ impl RewriteBody {
             max_memory: plan.max_memory,
             metrics: &self.metrics,
             hook,
+            csp: self.csp.clone(),
         };
         let engine = Engine::new(params, charset);
         let sink = engine.sink();

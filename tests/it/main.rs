@@ -7,3 +7,4 @@ mod tokens;
 mod emulator;
 mod chathub;
 mod inject;
+mod csp;

@@ -1,0 +1,1120 @@
+//! Content-Security-Policy for injected pages: the widget tag either carries
+//! the page's own script nonce, or the widget's origin is added to the header
+//! policy's `script-src` (and the ChatHub origins to `connect-src`), never
+//! anything else. A page whose policy would block the widget and cannot be
+//! helped that way goes out unchanged ([`Blocked`] → skip reason `csp`).
+//! Report-only policies are never touched. Pure functions over headers and
+//! policy text; `<meta>` policies are judged by [`PageCsp`] inside the rewriter.
+
+use crate::config::{CspMode, InjectConfig};
+use crate::secret::Secret;
+use crate::snippet::{PageParts, Snippet};
+use http::header::{CONTENT_SECURITY_POLICY, HeaderMap, HeaderValue};
+use std::fmt;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// Why a page's policy keeps the widget out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Blocked {
+    /// A `Content-Security-Policy` header is not visible ASCII.
+    #[error("a Content-Security-Policy header is not readable text")]
+    Unreadable,
+    /// The script directive is `'none'` (or empty).
+    #[error("the policy allows no scripts ('none')")]
+    NoScripts,
+    /// Only hashes allow scripts: the author lists exact scripts.
+    #[error("only hashes allow scripts")]
+    HashOnly,
+    /// `'strict-dynamic'` ignores host sources, and the tag has no nonce.
+    #[error("'strict-dynamic' without a nonce for the tag")]
+    StrictDynamic,
+    /// No host, scheme or `'self'` source to add the widget's origin next to.
+    #[error("scripts are allowed by nonce or inline only, and the tag gets no nonce")]
+    NoAllowlist,
+    /// `csp = "nonce"`, and a policy restricts scripts without a usable nonce.
+    #[error("no nonce in the policy for the tag to carry")]
+    NoNonce,
+    /// `connect-src` (or `default-src`) is `'none'`: the widget could not talk to ChatHub.
+    #[error("the policy allows no connections ('none')")]
+    NoConnect,
+    /// The widget is served from the page's own origin, which the policy does not allow.
+    #[error("the widget is same-origin and the policy does not allow 'self'")]
+    SameOrigin,
+    /// A `<meta http-equiv>` policy blocks the widget and the page has no usable nonce.
+    #[error("a <meta> policy blocks the widget")]
+    Meta,
+}
+
+impl Blocked {
+    /// A stable name for debug logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Blocked::Unreadable => "unreadable",
+            Blocked::NoScripts => "no_scripts",
+            Blocked::HashOnly => "hash_only",
+            Blocked::StrictDynamic => "strict_dynamic",
+            Blocked::NoAllowlist => "no_allowlist",
+            Blocked::NoNonce => "no_nonce",
+            Blocked::NoConnect => "no_connect",
+            Blocked::SameOrigin => "same_origin",
+            Blocked::Meta => "meta",
+        }
+    }
+}
+
+/// A URL the widget needs, split the way source expressions match it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    scheme: String,
+    host: String,
+    port: u16,
+    /// `None`: any path on the origin (connections).
+    path: Option<String>,
+    /// `https://host[:port]`, as added to a policy.
+    origin: String,
+}
+
+impl Target {
+    fn parse(url: &str, with_path: bool) -> Option<Target> {
+        let u = url::Url::parse(url).ok()?;
+        let host = u.host_str()?.to_ascii_lowercase();
+        let port = u.port_or_known_default()?;
+        Some(Target {
+            scheme: u.scheme().to_ascii_lowercase(),
+            host,
+            port,
+            path: with_path.then(|| u.path().to_owned()),
+            origin: u.origin().ascii_serialization(),
+        })
+    }
+
+    /// The same origin under another scheme (`https` → `wss`), keeping an explicit port.
+    fn with_scheme(&self, scheme: &str) -> Target {
+        let default = default_port(&self.scheme);
+        let origin = if Some(self.port) == default {
+            format!("{scheme}://{}", self.host)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        };
+        let port = if Some(self.port) == default {
+            default_port(scheme).unwrap_or(self.port)
+        } else {
+            self.port
+        };
+        Target {
+            scheme: scheme.to_owned(),
+            host: self.host.clone(),
+            port,
+            path: None,
+            origin,
+        }
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+/// What the widget needs from a policy, built once per config.
+#[derive(Clone, Debug)]
+pub struct CspSettings {
+    /// The widget script; `None` when `widget_url` is a path on the page's origin.
+    widget: Option<Target>,
+    /// Origins the widget connects to, each in its http(s) and ws(s) form.
+    connect: Vec<Target>,
+}
+
+impl CspSettings {
+    /// From `inject.widget_url` and `inject.connect_origins`.
+    pub fn new(cfg: &InjectConfig) -> Self {
+        Self::from_parts(&cfg.widget_url, &cfg.connect_origins)
+    }
+
+    /// From the widget URL and extra connect origins (tests, the demo).
+    pub fn from_parts(widget_url: &str, connect_origins: &[String]) -> Self {
+        let widget = Target::parse(widget_url, true);
+        let mut connect: Vec<Target> = Vec::new();
+        let origins = widget
+            .iter()
+            .map(|w| w.origin.clone())
+            .chain(connect_origins.iter().cloned());
+        for origin in origins {
+            let Some(t) = Target::parse(&origin, false) else {
+                continue;
+            };
+            let twin = match t.scheme.as_str() {
+                "https" => Some(t.with_scheme("wss")),
+                "http" => Some(t.with_scheme("ws")),
+                "wss" => Some(t.with_scheme("https")),
+                "ws" => Some(t.with_scheme("http")),
+                _ => None,
+            };
+            for t in std::iter::once(t).chain(twin) {
+                if !connect.iter().any(|c| c.origin == t.origin) {
+                    connect.push(t);
+                }
+            }
+        }
+        CspSettings { widget, connect }
+    }
+}
+
+/// What [`plan`] decided for one response's header policies.
+#[derive(Clone, Debug)]
+pub struct CspPlan {
+    mode: CspMode,
+    nonce: Option<String>,
+    helper_allowed: bool,
+    refresh_allowed: bool,
+    /// Replacement `Content-Security-Policy` lines, in order, when a policy changed.
+    amended: Option<Vec<HeaderValue>>,
+}
+
+impl CspPlan {
+    /// The nonce every inserted `<script>` carries, from the header policy.
+    pub fn nonce(&self) -> Option<&str> {
+        self.nonce.as_deref()
+    }
+
+    /// Whether [`CspPlan::apply`] changes the headers.
+    pub fn is_amended(&self) -> bool {
+        self.amended.is_some()
+    }
+
+    /// Whether the header policies let the same-origin helper script run.
+    pub fn helper_allowed(&self) -> bool {
+        self.helper_allowed
+    }
+
+    /// Write the amended policies (if any) into the response headers. Call it
+    /// only once the page really gets the widget.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Some(lines) = &self.amended {
+            headers.remove(CONTENT_SECURITY_POLICY);
+            for v in lines {
+                headers.append(CONTENT_SECURITY_POLICY, v.clone());
+            }
+        }
+    }
+}
+
+/// Decide how the widget gets past the page's header policies. Reads only
+/// `Content-Security-Policy` (report-only policies change nothing and are left
+/// alone); changes nothing itself — [`CspPlan::apply`] does.
+///
+/// - `Off`: the policies are not looked at.
+/// - `Nonce`: the tag carries a nonce from the policy; a policy that restricts
+///   scripts without accepting it blocks the widget.
+/// - `Amend`: the widget's origin goes into `script-src-elem`, else
+///   `script-src`, else a new `script-src` copied from `default-src`.
+/// - `Auto`: the policy's nonce when it has one; any policy the nonce does not
+///   satisfy is amended.
+///
+/// In every mode but `Off`, a policy that restricts connections gets the
+/// widget's and `connect_origins`' origins in `connect-src` (or a new
+/// `connect-src` copied from `default-src`). Never added: `'unsafe-inline'`,
+/// `'unsafe-eval'`, wildcards, or anything to a `'none'`, hash-only or
+/// `'strict-dynamic'` list.
+pub fn plan(headers: &HeaderMap, mode: CspMode, settings: &CspSettings) -> Result<CspPlan, Blocked> {
+    let mut out = CspPlan {
+        mode,
+        nonce: None,
+        helper_allowed: true,
+        refresh_allowed: true,
+        amended: None,
+    };
+    if mode == CspMode::Off {
+        return Ok(out);
+    }
+    let mut lines = Vec::new();
+    for v in headers.get_all(CONTENT_SECURITY_POLICY) {
+        lines.push(v.to_str().map_err(|_| Blocked::Unreadable)?);
+    }
+    if lines.is_empty() {
+        return Ok(out);
+    }
+    // A header line may hold several policies, comma-separated; each is enforced.
+    let parsed: Vec<Vec<Policy<'_>>> = lines
+        .iter()
+        .map(|l| l.split(',').map(Policy::parse).collect())
+        .collect();
+    out.nonce = match mode {
+        CspMode::Auto | CspMode::Nonce => parsed.iter().flatten().find_map(|p| p.script().and_then(|d| d.nonces().next())).map(str::to_owned),
+        CspMode::Amend | CspMode::Off => None,
+    };
+    let mut changed = false;
+    let mut new_lines = Vec::with_capacity(lines.len());
+    for policies in &parsed {
+        let mut texts = Vec::with_capacity(policies.len());
+        for p in policies {
+            let amended = amend(p, mode, out.nonce.as_deref(), settings)?;
+            out.helper_allowed &= p.allows_same_origin_script(out.nonce.as_deref());
+            out.refresh_allowed &= p.allows_same_origin_connect();
+            changed |= amended.is_some();
+            texts.push(amended.unwrap_or_else(|| p.text.trim().to_owned()));
+        }
+        new_lines.push(texts.join(", "));
+    }
+    if changed {
+        let values = new_lines
+            .into_iter()
+            .map(|l| HeaderValue::from_str(&l).map_err(|_| Blocked::Unreadable))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.amended = Some(values);
+    }
+    Ok(out)
+}
+
+/// The amended text of one policy, `None` when it already lets the widget in.
+fn amend(p: &Policy<'_>, mode: CspMode, nonce: Option<&str>, s: &CspSettings) -> Result<Option<String>, Blocked> {
+    // (directive, sources copied from default-src for a new directive, origins to add)
+    let mut additions: Vec<(String, Option<Vec<&str>>, Vec<&str>)> = Vec::new();
+    if let Some(script) = p.script()
+        && !script.allows_script(s.widget.as_ref(), nonce)
+    {
+        if mode == CspMode::Nonce {
+            return Err(if nonce.is_none() { Blocked::NoNonce } else { script.why_blocked(nonce) });
+        }
+        let Some(widget) = &s.widget else {
+            return Err(Blocked::SameOrigin);
+        };
+        if !script.can_amend() {
+            return Err(script.why_blocked(nonce));
+        }
+        // script-src-elem, else script-src, else a new script-src from default-src.
+        let from_default = script.name == "default-src";
+        let name = if from_default { "script-src".to_owned() } else { script.name.clone() };
+        let copied = if from_default { Some(script.sources.clone()) } else { None };
+        additions.push((name, copied, vec![widget.origin.as_str()]));
+    }
+    if let Some(connect) = p.connect() {
+        let missing: Vec<&str> = s
+            .connect
+            .iter()
+            .filter(|t| !connect.matches(t))
+            .map(|t| t.origin.as_str())
+            .collect();
+        if !missing.is_empty() {
+            if connect.allows_nothing() {
+                return Err(Blocked::NoConnect);
+            }
+            // A new connect-src keeps what default-src allowed for connections;
+            // nonces, hashes and script keywords mean nothing there.
+            let copied = (connect.name == "default-src").then(|| {
+                connect
+                    .sources
+                    .iter()
+                    .copied()
+                    .filter(|s| !s.starts_with('\'') || s.eq_ignore_ascii_case("'self'"))
+                    .collect()
+            });
+            additions.push(("connect-src".to_owned(), copied, missing));
+        }
+    }
+    if additions.is_empty() {
+        return Ok(None);
+    }
+    // Rebuild: every directive as written, the amended ones with the origins
+    // appended, then any new directive copied from default-src.
+    let mut parts: Vec<String> = Vec::with_capacity(p.directives.len() + 2);
+    for d in &p.directives {
+        let add = additions
+            .iter()
+            .find(|(name, from, _)| from.is_none() && !d.duplicate && &d.name == name);
+        match add {
+            Some((_, _, origins)) => parts.push(format!("{} {}", d.raw.trim(), origins.join(" "))),
+            None => parts.push(d.raw.trim().to_owned()),
+        }
+    }
+    for (name, copied, origins) in &additions {
+        if let Some(copied) = copied {
+            let sources: Vec<&str> = copied.iter().chain(origins).copied().collect();
+            parts.push(format!("{name} {}", sources.join(" ")));
+        }
+    }
+    Ok(Some(parts.join("; ")))
+}
+
+/// One policy: its directives in order. Names are lower-cased; a repeated
+/// name is kept in the text but ignored, as browsers do.
+struct Policy<'a> {
+    text: &'a str,
+    directives: Vec<Directive<'a>>,
+}
+
+struct Directive<'a> {
+    name: String,
+    raw: &'a str,
+    sources: Vec<&'a str>,
+    duplicate: bool,
+}
+
+impl<'a> Policy<'a> {
+    fn parse(text: &'a str) -> Policy<'a> {
+        let mut directives: Vec<Directive<'a>> = Vec::new();
+        for raw in text.split(';') {
+            let mut tokens = raw.split_ascii_whitespace();
+            let Some(name) = tokens.next() else { continue };
+            let name = name.to_ascii_lowercase();
+            let duplicate = directives.iter().any(|d| d.name == name);
+            directives.push(Directive {
+                name,
+                raw,
+                sources: tokens.collect(),
+                duplicate,
+            });
+        }
+        Policy { text, directives }
+    }
+
+    fn get(&self, name: &str) -> Option<&Directive<'a>> {
+        self.directives.iter().find(|d| !d.duplicate && d.name == name)
+    }
+
+    /// The directive that governs `<script src>` elements.
+    fn script(&self) -> Option<&Directive<'a>> {
+        self.get("script-src-elem")
+            .or_else(|| self.get("script-src"))
+            .or_else(|| self.get("default-src"))
+    }
+
+    /// The directive that governs `fetch` and WebSocket.
+    fn connect(&self) -> Option<&Directive<'a>> {
+        self.get("connect-src").or_else(|| self.get("default-src"))
+    }
+
+    fn allows_same_origin_script(&self, nonce: Option<&str>) -> bool {
+        self.script().is_none_or(|d| d.allows_nonce(nonce) || (!d.strict_dynamic() && d.has_self_or_star()))
+    }
+
+    fn allows_same_origin_connect(&self) -> bool {
+        self.connect().is_none_or(|d| d.has_self_or_star())
+    }
+}
+
+impl Directive<'_> {
+    fn keyword(&self, kw: &str) -> bool {
+        self.sources.iter().any(|s| s.eq_ignore_ascii_case(kw))
+    }
+
+    fn strict_dynamic(&self) -> bool {
+        self.keyword("'strict-dynamic'")
+    }
+
+    fn has_self_or_star(&self) -> bool {
+        self.keyword("'self'") || self.keyword("*")
+    }
+
+    /// The values of `'nonce-…'` sources (the prefix is case-insensitive, the value not).
+    fn nonces(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().filter_map(|s| {
+            let inner = s.strip_prefix('\'')?.strip_suffix('\'')?;
+            let (prefix, value) = inner.split_at_checked(6)?;
+            (prefix.eq_ignore_ascii_case("nonce-") && !value.is_empty()).then_some(value)
+        })
+    }
+
+    fn allows_nonce(&self, nonce: Option<&str>) -> bool {
+        nonce.is_some_and(|n| self.nonces().any(|v| v == n))
+    }
+
+    fn hashes(&self) -> bool {
+        self.sources.iter().any(|s| {
+            let l = s.to_ascii_lowercase();
+            l.starts_with("'sha256-") || l.starts_with("'sha384-") || l.starts_with("'sha512-")
+        })
+    }
+
+    /// Host sources, scheme sources, `*` and `'self'`: the lists an origin can join.
+    fn has_allowlist(&self) -> bool {
+        self.sources.iter().any(|s| !s.starts_with('\''))
+            || self.keyword("'self'")
+    }
+
+    /// An empty list, or `'none'` alone.
+    fn allows_nothing(&self) -> bool {
+        self.sources.iter().all(|s| s.eq_ignore_ascii_case("'none'"))
+    }
+
+    fn can_amend(&self) -> bool {
+        !self.allows_nothing() && !self.strict_dynamic() && self.has_allowlist()
+    }
+
+    fn why_blocked(&self, nonce: Option<&str>) -> Blocked {
+        if self.allows_nothing() {
+            Blocked::NoScripts
+        } else if self.strict_dynamic() {
+            if nonce.is_some() { Blocked::NoNonce } else { Blocked::StrictDynamic }
+        } else if self.hashes() && !self.has_allowlist() && self.nonces().next().is_none() {
+            Blocked::HashOnly
+        } else if !self.has_allowlist() {
+            Blocked::NoAllowlist
+        } else {
+            Blocked::NoNonce
+        }
+    }
+
+    /// Whether a parser-inserted `<script src=widget nonce=…>` may run.
+    fn allows_script(&self, widget: Option<&Target>, nonce: Option<&str>) -> bool {
+        if self.allows_nonce(nonce) {
+            return true;
+        }
+        // 'strict-dynamic' makes host sources, 'self' and '*' ignored for parser-inserted scripts.
+        if self.strict_dynamic() {
+            return false;
+        }
+        match widget {
+            Some(t) => self.matches(t),
+            None => self.has_self_or_star(),
+        }
+    }
+
+    /// Whether any source expression (host, scheme or `*`) matches `t`.
+    /// `'self'` never does: the widget and ChatHub are other origins.
+    fn matches(&self, t: &Target) -> bool {
+        self.sources.iter().any(|s| source_matches(s, t))
+    }
+}
+
+/// CSP3 §6.7.2.8 "Does url match expression", for the parts a proxy can know
+/// (not the page's own origin, so not `'self'`). Unknown syntax matches nothing.
+fn source_matches(source: &str, t: &Target) -> bool {
+    if source.starts_with('\'') {
+        return false;
+    }
+    if source == "*" {
+        return matches!(t.scheme.as_str(), "http" | "https");
+    }
+    let lower = source.to_ascii_lowercase();
+    if let Some(scheme) = lower.strip_suffix(':')
+        && !scheme.is_empty()
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return scheme_matches(scheme, &t.scheme);
+    }
+    let (scheme, rest) = match lower.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, lower.as_str()),
+    };
+    let scheme_ok = match scheme {
+        Some(s) => scheme_matches(s, &t.scheme),
+        // No scheme: the page's own, which is http or https.
+        None => matches!(t.scheme.as_str(), "http" | "https"),
+    };
+    if !scheme_ok {
+        return false;
+    }
+    let host_end = rest.find([':', '/']).unwrap_or(rest.len());
+    let (host, rest) = rest.split_at(host_end);
+    let (port, path) = match rest.strip_prefix(':') {
+        Some(p) => {
+            let end = p.find('/').unwrap_or(p.len());
+            (Some(&p[..end]), &p[end..])
+        }
+        None => (None, rest),
+    };
+    let host_ok = if host == "*" {
+        true
+    } else if let Some(suffix) = host.strip_prefix("*.") {
+        t.host.len() > suffix.len() + 1 && t.host.ends_with(suffix) && t.host[..t.host.len() - suffix.len()].ends_with('.')
+    } else {
+        !host.is_empty() && !host.contains('*') && host == t.host
+    };
+    if !host_ok {
+        return false;
+    }
+    let port_ok = match port {
+        Some("*") => true,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) => p == t.port || (p == 80 && t.port == 443 && matches!(t.scheme.as_str(), "https" | "wss")),
+            Err(_) => false,
+        },
+        None => Some(t.port) == default_port(&t.scheme),
+    };
+    if !port_ok {
+        return false;
+    }
+    match (&t.path, path) {
+        (_, "" | "/") => true,
+        // A connection may go to any path: a path-limited source may not cover it.
+        (None, _) => false,
+        (Some(tp), sp) if sp.ends_with('/') => tp.starts_with(sp),
+        (Some(tp), sp) => tp == sp,
+    }
+}
+
+/// CSP3 scheme-part matching, with its secure upgrades.
+fn scheme_matches(source: &str, url: &str) -> bool {
+    source == url
+        || (source == "http" && url == "https")
+        || (source == "ws" && matches!(url, "wss" | "http" | "https"))
+        || (source == "wss" && url == "https")
+}
+
+/// At most this many `<meta>` policies, each at most this long, are judged;
+/// a page with more or longer ones is not injected.
+pub const MAX_META_POLICIES: usize = 4;
+/// See [`MAX_META_POLICIES`].
+pub const MAX_META_LEN: usize = 8 * 1024;
+/// At most this many distinct nonces from the page's own scripts are tried.
+pub const MAX_PAGE_NONCES: usize = 8;
+
+/// Everything the rewriter needs to finish a page's CSP decision: the header
+/// plan, and what to insert once it has seen the page's `<meta>` policies and
+/// its scripts' nonces (before the insertion point).
+pub struct PageCsp {
+    plan: CspPlan,
+    settings: Arc<CspSettings>,
+    snippet: Arc<Snippet>,
+    token: Secret,
+    expires_at: Option<OffsetDateTime>,
+}
+
+impl fmt::Debug for PageCsp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PageCsp")
+            .field("plan", &self.plan)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PageCsp {
+    /// One page's CSP state, built once its token is known.
+    pub fn new(
+        plan: CspPlan,
+        settings: Arc<CspSettings>,
+        snippet: Arc<Snippet>,
+        token: Secret,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Self {
+        PageCsp {
+            plan,
+            settings,
+            snippet,
+            token,
+            expires_at,
+        }
+    }
+
+    /// Whether the rewriter should look for `<meta>` policies and script nonces
+    /// (every mode but `off`).
+    pub fn inspects_page(&self) -> bool {
+        self.plan.mode != CspMode::Off
+    }
+
+    /// The snippet when the page has no `<meta>` policy: the header nonce, if any.
+    pub fn header_snippet(&self) -> String {
+        self.render(self.plan.nonce(), true, true)
+    }
+
+    /// The snippet under the page's `<meta>` policies (attribute values as
+    /// written, entities undecoded), with the header nonce or else one of the
+    /// page's script nonces they all accept; `Err` when none works.
+    pub fn meta_snippet(&self, metas: &[String], page_nonces: &[String]) -> Result<String, Blocked> {
+        if metas.len() > MAX_META_POLICIES || metas.iter().any(|m| m.len() > MAX_META_LEN) {
+            return Err(Blocked::Meta);
+        }
+        let texts: Vec<String> = metas.iter().map(|m| decode_entities(m)).collect();
+        let nonces: Vec<String> = page_nonces.iter().map(|n| decode_entities(n)).collect();
+        // A meta policy is one policy: commas do not split it.
+        let policies: Vec<Policy<'_>> = texts.iter().map(|t| Policy::parse(t)).collect();
+        let candidates: Vec<Option<&str>> = match self.plan.nonce() {
+            Some(n) => vec![Some(n)],
+            None => std::iter::once(None).chain(nonces.iter().map(|n| Some(n.as_str()))).collect(),
+        };
+        for nonce in candidates {
+            let script_ok = policies
+                .iter()
+                .all(|p| p.script().is_none_or(|d| d.allows_script(self.settings.widget.as_ref(), nonce)));
+            if !script_ok {
+                continue;
+            }
+            let connect_ok = policies
+                .iter()
+                .all(|p| p.connect().is_none_or(|d| self.settings.connect.iter().all(|t| d.matches(t))));
+            if !connect_ok {
+                return Err(Blocked::Meta);
+            }
+            let helper = policies.iter().all(|p| p.allows_same_origin_script(nonce));
+            let refresh = policies.iter().all(|p| p.allows_same_origin_connect());
+            return Ok(self.render(nonce, helper, refresh));
+        }
+        Err(Blocked::Meta)
+    }
+
+    fn render(&self, nonce: Option<&str>, helper: bool, refresh: bool) -> String {
+        self.snippet.render(PageParts {
+            token: self.token.expose(),
+            nonce,
+            expires_at: self.expires_at,
+            helper_allowed: helper && self.plan.helper_allowed,
+            refresh_allowed: refresh && self.plan.refresh_allowed,
+        })
+    }
+}
+
+/// Decode the character references a CSP or nonce attribute may plausibly
+/// hold (`&#39;`, `&apos;`, `&quot;`, `&amp;`, `&lt;`, `&gt;`, numeric);
+/// anything else stays as written (and then matches nothing).
+pub fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let decoded = rest.find(';').filter(|&end| end <= 10).and_then(|end| {
+            let name = &rest[1..end];
+            let c = match name {
+                "amp" => Some('&'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                _ => {
+                    let num = name.strip_prefix('#')?;
+                    let code = match num.strip_prefix(['x', 'X']) {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                        None => num.parse().ok()?,
+                    };
+                    char::from_u32(code)
+                }
+            }?;
+            Some((c, end + 1))
+        });
+        match decoded {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WIDGET: &str = "https://widget.example/operator-chat-panel/widget-script.js";
+
+    fn settings() -> CspSettings {
+        CspSettings::from_parts(WIDGET, &["https://api.example".to_owned()])
+    }
+
+    fn headers(policies: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for p in policies {
+            h.append(CONTENT_SECURITY_POLICY, HeaderValue::from_str(p).unwrap());
+        }
+        h
+    }
+
+    /// The policies after planning and applying, or the refusal.
+    fn run(mode: CspMode, policies: &[&str]) -> Result<(Option<String>, Vec<String>), Blocked> {
+        let mut h = headers(policies);
+        let plan = plan(&h, mode, &settings())?;
+        plan.apply(&mut h);
+        let out = h
+            .get_all(CONTENT_SECURITY_POLICY)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        Ok((plan.nonce().map(str::to_owned), out))
+    }
+
+    #[test]
+    fn no_policy_needs_nothing() {
+        let (nonce, out) = run(CspMode::Auto, &[]).unwrap();
+        assert_eq!(nonce, None);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn self_only_gets_the_widget_origin() {
+        let (nonce, out) = run(CspMode::Auto, &["script-src 'self'"]).unwrap();
+        assert_eq!(nonce, None);
+        assert_eq!(out, ["script-src 'self' https://widget.example"]);
+    }
+
+    #[test]
+    fn default_src_only_gets_new_script_and_connect_directives() {
+        let (_, out) = run(CspMode::Amend, &["default-src 'self'; img-src *"]).unwrap();
+        assert_eq!(
+            out,
+            ["default-src 'self'; img-src *; script-src 'self' https://widget.example; connect-src 'self' https://widget.example wss://widget.example https://api.example wss://api.example"]
+        );
+    }
+
+    #[test]
+    fn script_src_elem_is_amended_when_present() {
+        let (_, out) = run(CspMode::Amend, &["script-src 'self'; script-src-elem 'self' https://cdn.example"]).unwrap();
+        assert_eq!(out, ["script-src 'self'; script-src-elem 'self' https://cdn.example https://widget.example"]);
+    }
+
+    #[test]
+    fn nonce_policies_lend_their_nonce_and_stay_as_they_are() {
+        let p = "script-src 'nonce-r4nd0m' 'strict-dynamic'; object-src 'none'; base-uri 'none'";
+        let (nonce, out) = run(CspMode::Auto, &[p]).unwrap();
+        assert_eq!(nonce.as_deref(), Some("r4nd0m"));
+        assert_eq!(out, [p]);
+        let (nonce, _) = run(CspMode::Nonce, &[p]).unwrap();
+        assert_eq!(nonce.as_deref(), Some("r4nd0m"));
+        // Amend cannot help under 'strict-dynamic' (host sources are ignored).
+        assert_eq!(run(CspMode::Amend, &[p]), Err(Blocked::StrictDynamic));
+    }
+
+    #[test]
+    fn nonce_mode_refuses_policies_without_nonces() {
+        assert_eq!(run(CspMode::Nonce, &["script-src 'self'"]), Err(Blocked::NoNonce));
+        // No script restriction at all is fine in every mode.
+        assert!(run(CspMode::Nonce, &["img-src 'self'"]).is_ok());
+    }
+
+    #[test]
+    fn unfixable_policies_are_refused() {
+        assert_eq!(run(CspMode::Auto, &["script-src 'none'"]), Err(Blocked::NoScripts));
+        assert_eq!(run(CspMode::Auto, &["script-src"]), Err(Blocked::NoScripts));
+        assert_eq!(run(CspMode::Auto, &["default-src 'none'"]), Err(Blocked::NoScripts));
+        assert_eq!(
+            run(CspMode::Auto, &["script-src 'sha256-AAAA'"]),
+            Err(Blocked::HashOnly)
+        );
+        assert_eq!(
+            run(CspMode::Auto, &["script-src 'unsafe-inline'"]),
+            Err(Blocked::NoAllowlist)
+        );
+        assert_eq!(
+            run(CspMode::Auto, &["script-src https://widget.example; connect-src 'none'"]),
+            Err(Blocked::NoConnect)
+        );
+    }
+
+    #[test]
+    fn report_only_and_off_are_untouched() {
+        let mut h = HeaderMap::new();
+        h.insert("content-security-policy-report-only", HeaderValue::from_static("script-src 'none'"));
+        let p = plan(&h, CspMode::Auto, &settings()).unwrap();
+        assert!(!p.is_amended());
+        let mut h = headers(&["script-src 'none'"]);
+        let p = plan(&h, CspMode::Off, &settings()).unwrap();
+        p.apply(&mut h);
+        assert_eq!(h[CONTENT_SECURITY_POLICY], "script-src 'none'");
+    }
+
+    #[test]
+    fn every_policy_is_amended_and_order_kept() {
+        let (_, out) = run(
+            CspMode::Auto,
+            &["script-src 'self', img-src 'self'", "img-src https:; script-src https://a.example"],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            [
+                "script-src 'self' https://widget.example, img-src 'self'",
+                "img-src https:; script-src https://a.example https://widget.example"
+            ]
+        );
+    }
+
+    #[test]
+    fn mixed_policies_take_the_nonce_and_amend_the_rest() {
+        let (nonce, out) = run(
+            CspMode::Auto,
+            &["script-src 'nonce-abc' 'strict-dynamic'", "script-src 'self'"],
+        )
+        .unwrap();
+        assert_eq!(nonce.as_deref(), Some("abc"));
+        assert_eq!(out, ["script-src 'nonce-abc' 'strict-dynamic'", "script-src 'self' https://widget.example"]);
+    }
+
+    #[test]
+    fn already_allowed_origins_are_not_added_again() {
+        for p in [
+            "script-src https://widget.example",
+            "script-src https:",
+            "script-src *",
+            "script-src *.example",
+            "script-src widget.example:443",
+            "script-src https://widget.example/operator-chat-panel/",
+            "script-src http://widget.example",
+        ] {
+            let (_, out) = run(CspMode::Amend, &[p]).unwrap();
+            assert_eq!(out, [p], "{p}");
+        }
+        // Path or port that does not cover the widget: added.
+        for p in [
+            "script-src https://widget.example/other/",
+            "script-src https://widget.example:8443",
+            "script-src *.widget.example",
+            "script-src http://other.example",
+        ] {
+            let (_, out) = run(CspMode::Amend, &[p]).unwrap();
+            assert_eq!(out, [format!("{p} https://widget.example")], "{p}");
+        }
+    }
+
+    #[test]
+    fn connect_src_gains_only_what_is_missing() {
+        let (_, out) = run(
+            CspMode::Auto,
+            &["script-src *; connect-src 'self' https://widget.example wss://widget.example"],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            ["script-src *; connect-src 'self' https://widget.example wss://widget.example https://api.example wss://api.example"]
+        );
+    }
+
+    #[test]
+    fn never_adds_unsafe_keywords_or_wildcards() {
+        for p in [
+            "script-src 'self'",
+            "default-src 'self'",
+            "default-src 'self' https:; script-src 'nonce-x'",
+            "script-src 'nonce-x' 'self'; connect-src 'self'",
+            "script-src-elem 'self'; default-src 'none'; connect-src https://x.example",
+            "default-src 'self' 'unsafe-inline'; script-src 'nonce-x'",
+        ] {
+            for mode in [CspMode::Auto, CspMode::Amend, CspMode::Nonce] {
+                let Ok((_, out)) = run(mode, &[p]) else { continue };
+                for line in &out {
+                    assert_eq!(line.matches("'unsafe-").count(), p.matches("'unsafe-").count(), "{p} → {line}");
+                    assert_eq!(line.matches('*').count(), p.matches('*').count(), "{p} → {line}");
+                    // Nothing removed: the original text is a prefix, directive by directive.
+                    assert!(line.starts_with(p.split(';').next().unwrap()), "{p} → {line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn http_widget_adds_ws_for_connect() {
+        let s = CspSettings::from_parts("http://127.0.0.1:8090/w.js", &[]);
+        let h = headers(&["default-src 'self'"]);
+        let mut out = h.clone();
+        plan(&h, CspMode::Auto, &s).unwrap().apply(&mut out);
+        assert_eq!(
+            out[CONTENT_SECURITY_POLICY],
+            "default-src 'self'; script-src 'self' http://127.0.0.1:8090; connect-src 'self' http://127.0.0.1:8090 ws://127.0.0.1:8090"
+        );
+    }
+
+    #[test]
+    fn same_origin_widget_needs_self() {
+        let s = CspSettings::from_parts("/widget.js", &[]);
+        assert!(plan(&headers(&["script-src 'self'"]), CspMode::Auto, &s).is_ok());
+        assert_eq!(
+            plan(&headers(&["script-src https://cdn.example"]), CspMode::Auto, &s).err(),
+            Some(Blocked::SameOrigin)
+        );
+    }
+
+    #[test]
+    fn helper_permission_follows_self_and_nonce() {
+        let s = settings();
+        let p = plan(&headers(&["script-src 'self'"]), CspMode::Auto, &s).unwrap();
+        assert!(p.helper_allowed());
+        let p = plan(&headers(&["script-src https://cdn.example"]), CspMode::Auto, &s).unwrap();
+        assert!(!p.helper_allowed());
+        let p = plan(&headers(&["script-src 'nonce-a' 'strict-dynamic'"]), CspMode::Auto, &s).unwrap();
+        assert!(p.helper_allowed());
+    }
+
+    #[test]
+    fn unreadable_header_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_bytes(b"script-src \xff").unwrap());
+        assert_eq!(plan(&h, CspMode::Auto, &settings()).err(), Some(Blocked::Unreadable));
+        assert!(plan(&h, CspMode::Off, &settings()).is_ok());
+    }
+
+    #[test]
+    fn duplicate_directives_follow_the_first() {
+        let (_, out) = run(CspMode::Auto, &["script-src 'self'; script-src *"]).unwrap();
+        assert_eq!(out, ["script-src 'self' https://widget.example; script-src *"]);
+    }
+
+    #[test]
+    fn keywords_are_case_insensitive_nonces_are_not() {
+        let (nonce, _) = run(CspMode::Auto, &["SCRIPT-SRC 'NONCE-AbC' 'Strict-Dynamic'"]).unwrap();
+        assert_eq!(nonce.as_deref(), Some("AbC"));
+    }
+
+    fn page(plan: CspPlan) -> PageCsp {
+        let cfg = crate::config::from_toml_str(&format!(
+            "[inject]\nwidget_url = \"{WIDGET}\"\nrefresh_helper = true"
+        ))
+        .unwrap();
+        PageCsp::new(
+            plan,
+            Arc::new(settings()),
+            Arc::new(Snippet::new(&cfg.inject)),
+            Secret::new("tok"),
+            None,
+        )
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn meta_policy_takes_a_page_nonce_it_accepts() {
+        let p = page(plan(&HeaderMap::new(), CspMode::Auto, &settings()).unwrap());
+        let meta = s(&["script-src &#39;nonce-good&#39; 'strict-dynamic'"]);
+        let html = p.meta_snippet(&meta, &s(&["bad", "good"])).unwrap();
+        assert!(html.contains(r#"token="tok" nonce="good""#), "{html}");
+        assert_eq!(p.meta_snippet(&meta, &s(&["bad"])), Err(Blocked::Meta));
+        assert_eq!(p.meta_snippet(&meta, &[]), Err(Blocked::Meta));
+    }
+
+    #[test]
+    fn meta_policy_without_nonces_blocks_unless_it_allows_the_origin() {
+        let p = page(plan(&HeaderMap::new(), CspMode::Auto, &settings()).unwrap());
+        assert_eq!(p.meta_snippet(&s(&["script-src 'self'"]), &s(&["x"])), Err(Blocked::Meta));
+        let html = p
+            .meta_snippet(&s(&["script-src 'self' https://widget.example"]), &[])
+            .unwrap();
+        assert!(!html.contains("nonce"), "{html}");
+        // The helper is same-origin: 'self' lets it run.
+        assert!(html.contains("chathub-proxy-helper"), "{html}");
+        // Meta connect-src that shuts ChatHub out: no widget.
+        assert_eq!(
+            p.meta_snippet(&s(&["script-src *; connect-src 'self'"]), &[]),
+            Err(Blocked::Meta)
+        );
+    }
+
+    #[test]
+    fn meta_policy_must_accept_the_header_nonce() {
+        let h = headers(&["script-src 'nonce-hdr' 'strict-dynamic'"]);
+        let p = page(plan(&h, CspMode::Auto, &settings()).unwrap());
+        assert!(p.header_snippet().contains(r#"nonce="hdr""#));
+        assert!(p.meta_snippet(&s(&["script-src 'nonce-hdr'"]), &[]).is_ok());
+        assert_eq!(
+            p.meta_snippet(&s(&["script-src 'nonce-other'"]), &s(&["other"])),
+            Err(Blocked::Meta)
+        );
+    }
+
+    #[test]
+    fn too_many_or_too_long_metas_are_refused() {
+        let p = page(plan(&HeaderMap::new(), CspMode::Auto, &settings()).unwrap());
+        let many = vec!["img-src *".to_owned(); MAX_META_POLICIES + 1];
+        assert_eq!(p.meta_snippet(&many, &[]), Err(Blocked::Meta));
+        let long = vec!["img-src ".to_owned() + &"a".repeat(MAX_META_LEN)];
+        assert_eq!(p.meta_snippet(&long, &[]), Err(Blocked::Meta));
+        assert!(p.meta_snippet(&s(&["img-src *"]), &[]).is_ok());
+    }
+
+    #[test]
+    fn off_mode_does_not_inspect_pages() {
+        let p = page(plan(&HeaderMap::new(), CspMode::Off, &settings()).unwrap());
+        assert!(!p.inspects_page());
+        assert!(format!("{p:?}").contains("<redacted>"));
+        assert!(!format!("{p:?}").contains("tok\""));
+    }
+
+    /// Run `html` through the rewriter with `page`'s CSP state.
+    async fn rewrite_page(html: &str, page: PageCsp) -> (String, Arc<crate::metrics::Metrics>) {
+        use http_body_util::BodyExt;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let plan = crate::rewrite::RewritePlan {
+            snippet: page.header_snippet().into(),
+            script_id: "operator-chat-panel-script".into(),
+            encoding: None,
+            max_memory: 1 << 20,
+        };
+        let body = crate::rewrite::rewrite_with_csp(
+            crate::body::full(html.to_owned()),
+            plan,
+            Arc::new(page),
+            metrics.clone(),
+        );
+        let out = body.collect().await.unwrap().to_bytes();
+        (String::from_utf8(out.to_vec()).unwrap(), metrics)
+    }
+
+    fn auto_page() -> PageCsp {
+        page(plan(&HeaderMap::new(), CspMode::Auto, &settings()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn rewriter_uses_the_nonce_of_the_pages_own_script_for_a_meta_policy() {
+        let html = r#"<html><head><meta http-equiv="Content-Security-Policy" content="script-src 'nonce-pg1' 'strict-dynamic'"><script nonce="pg1" src="/app.js"></script></head><body><p>x</p></body></html>"#;
+        let (out, m) = rewrite_page(html, auto_page()).await;
+        assert!(out.contains(r#"token="tok" nonce="pg1"></script></body>"#), "{out}");
+        assert!(out.contains(r#"id="chathub-proxy-helper""#), "{out}");
+        assert_eq!(m.skipped_count("csp"), 0);
+    }
+
+    #[tokio::test]
+    async fn rewriter_leaves_a_page_alone_when_its_meta_policy_blocks_the_widget() {
+        for html in [
+            r#"<html><head><META HTTP-EQUIV="content-security-policy" CONTENT="script-src 'self'"></head><body><p>x</p></body></html>"#,
+            r#"<html><head><meta http-equiv="Content-Security-Policy" content="script-src &#39;nonce-a&#39;"><script nonce="b"></script></head><body>x</body></html>"#,
+            r#"<html><head><meta http-equiv="Content-Security-Policy" content="script-src 'sha256-abc'"></head><body>no body end"#,
+        ] {
+            let (out, m) = rewrite_page(html, auto_page()).await;
+            assert_eq!(out, html);
+            assert_eq!(m.skipped_count("csp"), 1, "{html}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rewriter_without_meta_policy_inserts_the_header_snippet() {
+        let html = r#"<html><head><meta http-equiv="refresh" content="60"><template><meta http-equiv="Content-Security-Policy" content="script-src 'none'"></template></head><body>x</body></html>"#;
+        let p = auto_page();
+        let expected = p.header_snippet();
+        let (out, m) = rewrite_page(html, p).await;
+        assert_eq!(out, html.replace("</body>", &format!("{expected}</body>")));
+        assert_eq!(m.skipped_count("csp"), 0);
+    }
+
+    #[tokio::test]
+    async fn rewriter_in_off_mode_ignores_meta_policies() {
+        let html = r#"<head><meta http-equiv="Content-Security-Policy" content="script-src 'none'"></head><body>x</body>"#;
+        let p = page(plan(&HeaderMap::new(), CspMode::Off, &settings()).unwrap());
+        let (out, _) = rewrite_page(html, p).await;
+        assert!(out.contains(r#"token="tok"></script></body>"#), "{out}");
+    }
+
+    #[tokio::test]
+    async fn meta_after_the_insertion_point_does_not_count() {
+        let html = r#"<body>x</body><meta http-equiv="Content-Security-Policy" content="script-src 'none'">"#;
+        let (out, m) = rewrite_page(html, auto_page()).await;
+        assert!(out.contains(r#"token="tok""#), "{out}");
+        assert_eq!(m.skipped_count("csp"), 0);
+    }
+
+    #[test]
+    fn entities_decode() {
+        assert_eq!(decode_entities("a &#39;b&apos; &amp;&#x41;&quot;"), "a 'b' &A\"");
+        assert_eq!(decode_entities("&bogus; & &#xZZ;"), "&bogus; & &#xZZ;");
+        assert_eq!(decode_entities("plain"), "plain");
+    }
+
+    #[test]
+    fn parsing_never_panics_on_odd_input() {
+        let s = settings();
+        for p in ["", ";;;", " , ,", "script-src 'nonce-'", "script-src :", "script-src ://", "script-src *.", "script-src a:b:c", "script-src https://*:*/", "script-src 'ñ'"] {
+            let _ = plan(&headers(&[p]), CspMode::Auto, &s);
+        }
+    }
+}
