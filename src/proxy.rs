@@ -191,10 +191,18 @@ async fn handle_inner(
         Err(skip) => Err(skip),
         Ok((pending, session, is_new)) => match inject::check_response(rparts.status, &rparts.headers, &cfg.inject) {
             Err(skip) => Err(skip),
-            Ok(info) => pending.resolve(&state.metrics, cfg.token.budget).await.map(|token| (info, token, session, is_new)),
+            Ok(info) => match pending.resolve(&state.metrics, cfg.token.budget).await {
+                Ok(token) => Ok((info, Insert::Widget(token), session, is_new)),
+                // ChatHub slow or down: the configured fallback contact, as the
+                // integration guide recommends, instead of nothing.
+                Err(skip @ (Skip::TokenBudget | Skip::TokenUnavailable)) if cfg.inject.fallback_html.is_some() => {
+                    Ok((info, Insert::Fallback(skip), session, is_new))
+                }
+                Err(skip) => Err(skip),
+            },
         },
     };
-    let (info, token, session, is_new) = match decision {
+    let (info, insert, session, is_new) = match decision {
         Ok(x) => x,
         Err(skip) => {
             state.metrics.skipped(skip.reason());
@@ -222,7 +230,17 @@ async fn handle_inner(
     let out = codec::choose_output_for(&client_accept, info.coding);
     inject::rewrite_response_headers(&mut rparts.headers);
     inject::set_output_coding(&mut rparts.headers, out);
-    mark(&mut rparts.headers, cfg, Ok(()));
+    let snippet: Arc<str> = match &insert {
+        Insert::Widget(token) => {
+            mark(&mut rparts.headers, cfg, Ok(()));
+            state.tag.render(token.expose(), None).into()
+        }
+        Insert::Fallback(skip) => {
+            state.metrics.skipped(skip.reason());
+            mark(&mut rparts.headers, cfg, Err(*skip));
+            cfg.inject.fallback_html.as_deref().unwrap_or_default().into()
+        }
+    };
     if is_new {
         set_session_cookie(&mut rparts.headers, cfg, &session, https);
     }
@@ -230,13 +248,20 @@ async fn handle_inner(
         return Ok(Response::from_parts(rparts, body::empty()));
     }
     let plan = RewritePlan {
-        snippet: state.tag.render(token.expose(), None).into(),
+        snippet,
         script_id: cfg.inject.script_id.as_str().into(),
         encoding: info.encoding,
         max_memory: cfg.inject.max_rewriter_memory,
     };
     let rewritten = rewrite::rewrite(decoded, plan, state.metrics.clone());
     Ok(Response::from_parts(rparts, codec::encode(rewritten, out)))
+}
+
+/// What goes into an eligible page.
+enum Insert {
+    Widget(Secret),
+    /// No token in time: the fallback contact block, and why.
+    Fallback(Skip),
 }
 
 /// The token for a page, looked up in parallel with the upstream request.

@@ -135,9 +135,13 @@ pub async fn send(client: &TestClient, req: Request<TestBody>) -> Response<Incom
 /// A response read to its end.
 #[derive(Debug)]
 pub struct Got {
+    /// The response status.
     pub status: StatusCode,
+    /// The response headers.
     pub headers: HeaderMap,
+    /// The client hop's HTTP version.
     pub version: http::Version,
+    /// The whole body.
     pub body: Bytes,
 }
 

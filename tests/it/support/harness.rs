@@ -58,6 +58,7 @@ pub struct Proxy {
     pub addrs: Vec<SocketAddr>,
     /// The admin listener, if enabled.
     pub admin: Option<SocketAddr>,
+    /// The proxy's counters.
     pub metrics: SharedMetrics,
 }
 

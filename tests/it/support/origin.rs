@@ -156,9 +156,11 @@ enum Reply {
 /// What the origin saw of one request.
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    /// The request method.
     pub method: String,
     /// Path and query.
     pub path: String,
+    /// `HTTP/1.1`, `HTTP/2.0`...
     pub version: String,
     /// Every header line in order, duplicates kept, names lower-case.
     pub headers: Vec<(String, String)>,
@@ -185,8 +187,11 @@ impl Recorded {
 /// What the upload sink has seen so far.
 #[derive(Clone, Debug, Default)]
 pub struct UploadReport {
+    /// Body bytes received so far.
     pub bytes: u64,
+    /// When the first body byte arrived.
     pub first_byte_at: Option<Instant>,
+    /// When the body ended cleanly.
     pub finished_at: Option<Instant>,
     /// Every byte so far matched [`pattern_chunk`].
     pub intact: bool,
@@ -635,11 +640,17 @@ pub async fn refused_addr() -> SocketAddr {
 /// The JSON an echo reply carries.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 pub struct Echo {
+    /// The request method.
     pub method: String,
+    /// Path and query as the origin received them.
     pub path: String,
+    /// The HTTP version of the origin's hop.
     pub version: String,
+    /// Every header line in order, duplicates kept, names lower-case.
     pub headers: Vec<(String, String)>,
+    /// The body, lossily decoded as UTF-8.
     pub body: String,
+    /// The body's length in bytes.
     pub body_len: usize,
 }
 
