@@ -894,3 +894,70 @@ async fn a_post_is_never_replayed_to_the_origin() {
     assert_eq!(fetch(&c, req).await.status, StatusCode::BAD_GATEWAY);
     assert_eq!(origin.count("POST", "/submit"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_and_connect_405_without_touching_the_origin() {
+    let origin = Origin::echo().await;
+    let toml = format!("server.max_header_bytes = 4096\n{}", one_route(SITE));
+    let proxy = Proxy::with_origin(&toml, &origin).await;
+    // Names + values + 4 bytes of framing per field are counted; stay just
+    // under, then go just over the 4096-byte cap.
+    let head = |pad: usize| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {SITE}\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(pad)
+        )
+    };
+    let fixed =
+        "host".len() + SITE.len() + 4 + "x-pad".len() + 4 + "connection".len() + "close".len() + 4;
+    let (under, _) = raw(proxy.addr, &head(4096 - fixed)).await;
+    assert_eq!(under, Some(200));
+    let (over, _) = raw(proxy.addr, &head(4096 - fixed + 1)).await;
+    assert_eq!(over, Some(431));
+    let seen = origin.connections();
+    let (connect, _) = raw(
+        proxy.addr,
+        &format!("CONNECT {SITE}:443 HTTP/1.1\r\nHost: {SITE}:443\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(connect, Some(405));
+    assert_eq!(
+        origin.connections(),
+        seen,
+        "neither the 431 nor the CONNECT may reach the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_until_a_slot_frees() {
+    let origin = Origin::echo().await;
+    let toml = format!("server.max_connections = 2\n{}", one_route(SITE));
+    let proxy = Proxy::with_origin(&toml, &origin).await;
+    // Two idle connections take both slots.
+    let a = connect_from(proxy.addr, None).await.expect("a");
+    let b = connect_from(proxy.addr, None).await.expect("b");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third is accepted by the kernel (backlog) but not served while the cap holds.
+    let third = tokio::spawn({
+        let addr = proxy.addr;
+        async move {
+            raw(
+                addr,
+                &format!("GET / HTTP/1.1\r\nHost: {SITE}\r\nConnection: close\r\n\r\n"),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served past max_connections = 2"
+    );
+    drop(a);
+    let (status, _) = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served once a slot freed")
+        .expect("task");
+    assert_eq!(status, Some(200));
+    drop(b);
+}
