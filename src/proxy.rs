@@ -142,6 +142,13 @@ async fn handle_inner(
     let identity = crate::operator::identity_for(&route, &parts.headers, trusted);
     // The proxy's own cookie is none of the upstream's business.
     session::strip_from_request(&mut parts.headers, &state.cookie_names);
+    if !trusted {
+        // An identity header from a client that reached us directly is a
+        // forgery as far as the upstream is concerned too.
+        if let Some(h) = identity_header(&route) {
+            parts.headers.remove(h);
+        }
+    }
 
     forwarded::strip_hop_by_hop(&mut parts.headers);
     let _client = forwarded::set_forwarded(&mut parts.headers, peer.ip(), trusted, "http", &host);
@@ -198,7 +205,14 @@ async fn handle_inner(
                 Err(skip @ (Skip::TokenBudget | Skip::TokenUnavailable)) if cfg.inject.fallback_html.is_some() => {
                     Ok((info, Insert::Fallback(skip), session, is_new))
                 }
-                Err(skip) => Err(skip),
+                Err(skip) => {
+                    // No widget this time, but the session exists: a mint past
+                    // the budget fills the cache for its next page.
+                    if is_new {
+                        set_session_cookie(&mut rparts.headers, cfg, &session, https);
+                    }
+                    Err(skip)
+                }
             },
         },
     };
@@ -290,6 +304,14 @@ impl PendingToken {
                 }
             }),
         }
+    }
+}
+
+/// The header a route's `identity` rule reads, if any.
+fn identity_header(route: &Route) -> Option<&HeaderName> {
+    match &route.chat.as_ref()?.operator {
+        crate::config::OperatorRule::Identity { source, .. } => source.header.as_ref(),
+        _ => None,
     }
 }
 

@@ -14,8 +14,20 @@ import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-/** The proxy binary: $CHATHUB_PROXY_BIN, else the debug build scripts/test makes. */
-export const BIN = process.env.CHATHUB_PROXY_BIN || path.resolve(here, '../../target/debug/chathub-proxy');
+/**
+ * The proxy binary: $E2E_PROXY_BIN, else the debug build scripts/test makes.
+ * (Not CHATHUB_PROXY_*: the proxy reads that prefix as configuration.)
+ */
+export const BIN = process.env.E2E_PROXY_BIN || path.resolve(here, '../../target/debug/chathub-proxy');
+
+/** The environment for child processes: ours, minus any CHATHUB_PROXY_* config overrides. */
+function childEnv(extra) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith('CHATHUB_PROXY_')) env[k] = v;
+  }
+  return { ...env, ...extra };
+}
 
 /** The emulator's demo company password, passed the way real ones are: by environment. */
 const PASSWORD_ENV = 'E2E_CHATHUB_PASSWORD';
@@ -58,7 +70,7 @@ export async function withCleanup(fn) {
 function spawnAndWait(args, { stream, pattern, env, what }) {
   return new Promise((resolve, reject) => {
     const child = spawn(BIN, args, {
-      env: { ...process.env, ...env },
+      env: childEnv(env),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

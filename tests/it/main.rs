@@ -8,3 +8,4 @@ mod emulator;
 mod chathub;
 mod inject;
 mod csp;
+mod proxy_tokens;

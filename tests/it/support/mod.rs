@@ -10,3 +10,4 @@ pub mod client;
 pub mod harness;
 pub mod inject_support;
 pub mod origin;
+pub mod tokens_support;
