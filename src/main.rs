@@ -54,14 +54,30 @@ fn main() -> ExitCode {
         // SAFETY: single-threaded at this point; nothing reads the environment concurrently.
         unsafe { std::env::set_var(chathub_proxy::demo::DEMO_PASSWORD_ENV, chathub_proxy::demo::DEMO_PASSWORD) };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // `run` reads its config before the runtime exists, so that
+    // server.worker_threads can size it.
+    let preloaded = match cli.command {
+        None | Some(Command::Run) => match load(cli.config.as_deref()) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = preloaded.as_ref().and_then(|c| c.server.worker_threads) {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(dispatch(cli));
+    let result = runtime.block_on(dispatch(cli, preloaded));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -75,10 +91,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn dispatch(cli: Cli, preloaded: Option<Config>) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
-            let cfg = load(cli.config.as_deref())?;
+            let cfg = match preloaded {
+                Some(cfg) => cfg,
+                None => load(cli.config.as_deref())?,
+            };
             telemetry::init(&cfg.log);
             server::run(cfg).await?;
             Ok(ExitCode::SUCCESS)

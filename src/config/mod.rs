@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub h2_max_concurrent_streams: u32,
+    /// Runtime worker threads; `None` means one per core.
+    pub worker_threads: Option<usize>,
 }
 
 impl ServerConfig {

@@ -118,6 +118,8 @@ pub struct RawServer {
     pub grace_period: Str,
     pub trusted_proxies: OneOrMany,
     pub h2_max_concurrent_streams: u64,
+    /// Runtime worker threads; 0 means one per core.
+    pub worker_threads: u64,
 }
 
 impl Default for RawServer {
@@ -132,6 +134,7 @@ impl Default for RawServer {
             grace_period: Str("30s".into()),
             trusted_proxies: OneOrMany::Many(vec![]),
             h2_max_concurrent_streams: 200,
+            worker_threads: 0,
         }
     }
 }

@@ -165,6 +165,14 @@ fn server(c: &mut Checker, raw: &RawConfig) -> ServerConfig {
         grace_period: c.duration("server.grace_period", &s.grace_period),
         trusted_proxies: trusted,
         h2_max_concurrent_streams: c.nonzero("server.h2_max_concurrent_streams", s.h2_max_concurrent_streams) as u32,
+        worker_threads: match s.worker_threads {
+            0 => None,
+            n if n > 1024 => {
+                c.err("server.worker_threads", "at most 1024");
+                None
+            }
+            n => Some(n as usize),
+        },
     }
 }
 
