@@ -220,7 +220,11 @@ impl CspPlan {
 /// `connect-src` copied from `default-src`). Never added: `'unsafe-inline'`,
 /// `'unsafe-eval'`, wildcards, or anything to a `'none'`, hash-only or
 /// `'strict-dynamic'` list.
-pub fn plan(headers: &HeaderMap, mode: CspMode, settings: &CspSettings) -> Result<CspPlan, Blocked> {
+pub fn plan(
+    headers: &HeaderMap,
+    mode: CspMode,
+    settings: &CspSettings,
+) -> Result<CspPlan, Blocked> {
     let mut out = CspPlan {
         mode,
         nonce: None,
@@ -244,7 +248,11 @@ pub fn plan(headers: &HeaderMap, mode: CspMode, settings: &CspSettings) -> Resul
         .map(|l| l.split(',').map(Policy::parse).collect())
         .collect();
     out.nonce = match mode {
-        CspMode::Auto | CspMode::Nonce => parsed.iter().flatten().find_map(|p| p.script().and_then(|d| d.nonces().next())).map(str::to_owned),
+        CspMode::Auto | CspMode::Nonce => parsed
+            .iter()
+            .flatten()
+            .find_map(|p| p.script().and_then(|d| d.nonces().next()))
+            .map(str::to_owned),
         CspMode::Amend | CspMode::Off => None,
     };
     let mut changed = false;
@@ -270,15 +278,32 @@ pub fn plan(headers: &HeaderMap, mode: CspMode, settings: &CspSettings) -> Resul
     Ok(out)
 }
 
+/// Origins to add to one directive of a policy.
+struct Addition<'a> {
+    /// The directive's (lower-case) name.
+    name: String,
+    /// For a directive the policy lacks: the `default-src` sources it starts from.
+    copied: Option<Vec<&'a str>>,
+    origins: Vec<&'a str>,
+}
+
 /// The amended text of one policy, `None` when it already lets the widget in.
-fn amend(p: &Policy<'_>, mode: CspMode, nonce: Option<&str>, s: &CspSettings) -> Result<Option<String>, Blocked> {
-    // (directive, sources copied from default-src for a new directive, origins to add)
-    let mut additions: Vec<(String, Option<Vec<&str>>, Vec<&str>)> = Vec::new();
+fn amend(
+    p: &Policy<'_>,
+    mode: CspMode,
+    nonce: Option<&str>,
+    s: &CspSettings,
+) -> Result<Option<String>, Blocked> {
+    let mut additions: Vec<Addition<'_>> = Vec::new();
     if let Some(script) = p.script()
         && !script.allows_script(s.widget.as_ref(), nonce)
     {
         if mode == CspMode::Nonce {
-            return Err(if nonce.is_none() { Blocked::NoNonce } else { script.why_blocked(nonce) });
+            return Err(if nonce.is_none() {
+                Blocked::NoNonce
+            } else {
+                script.why_blocked(nonce)
+            });
         }
         let Some(widget) = &s.widget else {
             return Err(Blocked::SameOrigin);
@@ -288,9 +313,21 @@ fn amend(p: &Policy<'_>, mode: CspMode, nonce: Option<&str>, s: &CspSettings) ->
         }
         // script-src-elem, else script-src, else a new script-src from default-src.
         let from_default = script.name == "default-src";
-        let name = if from_default { "script-src".to_owned() } else { script.name.clone() };
-        let copied = if from_default { Some(script.sources.clone()) } else { None };
-        additions.push((name, copied, vec![widget.origin.as_str()]));
+        let name = if from_default {
+            "script-src".to_owned()
+        } else {
+            script.name.clone()
+        };
+        let copied = if from_default {
+            Some(script.sources.clone())
+        } else {
+            None
+        };
+        additions.push(Addition {
+            name,
+            copied,
+            origins: vec![widget.origin.as_str()],
+        });
     }
     if let Some(connect) = p.connect() {
         let missing: Vec<&str> = s
@@ -313,7 +350,11 @@ fn amend(p: &Policy<'_>, mode: CspMode, nonce: Option<&str>, s: &CspSettings) ->
                     .filter(|s| !s.starts_with('\'') || s.eq_ignore_ascii_case("'self'"))
                     .collect()
             });
-            additions.push(("connect-src".to_owned(), copied, missing));
+            additions.push(Addition {
+                name: "connect-src".to_owned(),
+                copied,
+                origins: missing,
+            });
         }
     }
     if additions.is_empty() {
@@ -325,16 +366,16 @@ fn amend(p: &Policy<'_>, mode: CspMode, nonce: Option<&str>, s: &CspSettings) ->
     for d in &p.directives {
         let add = additions
             .iter()
-            .find(|(name, from, _)| from.is_none() && !d.duplicate && &d.name == name);
+            .find(|a| a.copied.is_none() && !d.duplicate && d.name == a.name);
         match add {
-            Some((_, _, origins)) => parts.push(format!("{} {}", d.raw.trim(), origins.join(" "))),
+            Some(a) => parts.push(format!("{} {}", d.raw.trim(), a.origins.join(" "))),
             None => parts.push(d.raw.trim().to_owned()),
         }
     }
-    for (name, copied, origins) in &additions {
-        if let Some(copied) = copied {
-            let sources: Vec<&str> = copied.iter().chain(origins).copied().collect();
-            parts.push(format!("{name} {}", sources.join(" ")));
+    for a in &additions {
+        if let Some(copied) = &a.copied {
+            let sources: Vec<&str> = copied.iter().chain(&a.origins).copied().collect();
+            parts.push(format!("{} {}", a.name, sources.join(" ")));
         }
     }
     Ok(Some(parts.join("; ")))
@@ -373,7 +414,9 @@ impl<'a> Policy<'a> {
     }
 
     fn get(&self, name: &str) -> Option<&Directive<'a>> {
-        self.directives.iter().find(|d| !d.duplicate && d.name == name)
+        self.directives
+            .iter()
+            .find(|d| !d.duplicate && d.name == name)
     }
 
     /// The directive that governs `<script src>` elements.
@@ -389,7 +432,8 @@ impl<'a> Policy<'a> {
     }
 
     fn allows_same_origin_script(&self, nonce: Option<&str>) -> bool {
-        self.script().is_none_or(|d| d.allows_nonce(nonce) || (!d.strict_dynamic() && d.has_self_or_star()))
+        self.script()
+            .is_none_or(|d| d.allows_nonce(nonce) || (!d.strict_dynamic() && d.has_self_or_star()))
     }
 
     fn allows_same_origin_connect(&self) -> bool {
@@ -432,13 +476,14 @@ impl Directive<'_> {
 
     /// Host sources, scheme sources, `*` and `'self'`: the lists an origin can join.
     fn has_allowlist(&self) -> bool {
-        self.sources.iter().any(|s| !s.starts_with('\''))
-            || self.keyword("'self'")
+        self.sources.iter().any(|s| !s.starts_with('\'')) || self.keyword("'self'")
     }
 
     /// An empty list, or `'none'` alone.
     fn allows_nothing(&self) -> bool {
-        self.sources.iter().all(|s| s.eq_ignore_ascii_case("'none'"))
+        self.sources
+            .iter()
+            .all(|s| s.eq_ignore_ascii_case("'none'"))
     }
 
     fn can_amend(&self) -> bool {
@@ -449,7 +494,11 @@ impl Directive<'_> {
         if self.allows_nothing() {
             Blocked::NoScripts
         } else if self.strict_dynamic() {
-            if nonce.is_some() { Blocked::NoNonce } else { Blocked::StrictDynamic }
+            if nonce.is_some() {
+                Blocked::NoNonce
+            } else {
+                Blocked::StrictDynamic
+            }
         } else if self.hashes() && !self.has_allowlist() && self.nonces().next().is_none() {
             Blocked::HashOnly
         } else if !self.has_allowlist() {
@@ -493,7 +542,9 @@ fn source_matches(source: &str, t: &Target) -> bool {
     let lower = source.to_ascii_lowercase();
     if let Some(scheme) = lower.strip_suffix(':')
         && !scheme.is_empty()
-        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
     {
         return scheme_matches(scheme, &t.scheme);
     }
@@ -521,7 +572,9 @@ fn source_matches(source: &str, t: &Target) -> bool {
     let host_ok = if host == "*" {
         true
     } else if let Some(suffix) = host.strip_prefix("*.") {
-        t.host.len() > suffix.len() + 1 && t.host.ends_with(suffix) && t.host[..t.host.len() - suffix.len()].ends_with('.')
+        t.host.len() > suffix.len() + 1
+            && t.host.ends_with(suffix)
+            && t.host[..t.host.len() - suffix.len()].ends_with('.')
     } else {
         !host.is_empty() && !host.contains('*') && host == t.host
     };
@@ -531,7 +584,10 @@ fn source_matches(source: &str, t: &Target) -> bool {
     let port_ok = match port {
         Some("*") => true,
         Some(p) => match p.parse::<u16>() {
-            Ok(p) => p == t.port || (p == 80 && t.port == 443 && matches!(t.scheme.as_str(), "https" | "wss")),
+            Ok(p) => {
+                p == t.port
+                    || (p == 80 && t.port == 443 && matches!(t.scheme.as_str(), "https" | "wss"))
+            }
             Err(_) => false,
         },
         None => Some(t.port) == default_port(&t.scheme),
@@ -616,7 +672,11 @@ impl PageCsp {
     /// The snippet under the page's `<meta>` policies (attribute values as
     /// written, entities undecoded), with the header nonce or else one of the
     /// page's script nonces they all accept; `Err` when none works.
-    pub fn meta_snippet(&self, metas: &[String], page_nonces: &[String]) -> Result<String, Blocked> {
+    pub fn meta_snippet(
+        &self,
+        metas: &[String],
+        page_nonces: &[String],
+    ) -> Result<String, Blocked> {
         if metas.len() > MAX_META_POLICIES || metas.iter().any(|m| m.len() > MAX_META_LEN) {
             return Err(Blocked::Meta);
         }
@@ -626,18 +686,22 @@ impl PageCsp {
         let policies: Vec<Policy<'_>> = texts.iter().map(|t| Policy::parse(t)).collect();
         let candidates: Vec<Option<&str>> = match self.plan.nonce() {
             Some(n) => vec![Some(n)],
-            None => std::iter::once(None).chain(nonces.iter().map(|n| Some(n.as_str()))).collect(),
+            None => std::iter::once(None)
+                .chain(nonces.iter().map(|n| Some(n.as_str())))
+                .collect(),
         };
         for nonce in candidates {
-            let script_ok = policies
-                .iter()
-                .all(|p| p.script().is_none_or(|d| d.allows_script(self.settings.widget.as_ref(), nonce)));
+            let script_ok = policies.iter().all(|p| {
+                p.script()
+                    .is_none_or(|d| d.allows_script(self.settings.widget.as_ref(), nonce))
+            });
             if !script_ok {
                 continue;
             }
-            let connect_ok = policies
-                .iter()
-                .all(|p| p.connect().is_none_or(|d| self.settings.connect.iter().all(|t| d.matches(t))));
+            let connect_ok = policies.iter().all(|p| {
+                p.connect()
+                    .is_none_or(|d| self.settings.connect.iter().all(|t| d.matches(t)))
+            });
             if !connect_ok {
                 return Err(Blocked::Meta);
             }
@@ -755,14 +819,25 @@ mod tests {
         let (_, out) = run(CspMode::Amend, &["default-src 'self'; img-src *"]).unwrap();
         assert_eq!(
             out,
-            ["default-src 'self'; img-src *; script-src 'self' https://widget.example; connect-src 'self' https://widget.example wss://widget.example https://api.example wss://api.example"]
+            [
+                "default-src 'self'; img-src *; script-src 'self' https://widget.example; connect-src 'self' https://widget.example wss://widget.example https://api.example wss://api.example"
+            ]
         );
     }
 
     #[test]
     fn script_src_elem_is_amended_when_present() {
-        let (_, out) = run(CspMode::Amend, &["script-src 'self'; script-src-elem 'self' https://cdn.example"]).unwrap();
-        assert_eq!(out, ["script-src 'self'; script-src-elem 'self' https://cdn.example https://widget.example"]);
+        let (_, out) = run(
+            CspMode::Amend,
+            &["script-src 'self'; script-src-elem 'self' https://cdn.example"],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            [
+                "script-src 'self'; script-src-elem 'self' https://cdn.example https://widget.example"
+            ]
+        );
     }
 
     #[test]
@@ -779,16 +854,25 @@ mod tests {
 
     #[test]
     fn nonce_mode_refuses_policies_without_nonces() {
-        assert_eq!(run(CspMode::Nonce, &["script-src 'self'"]), Err(Blocked::NoNonce));
+        assert_eq!(
+            run(CspMode::Nonce, &["script-src 'self'"]),
+            Err(Blocked::NoNonce)
+        );
         // No script restriction at all is fine in every mode.
         assert!(run(CspMode::Nonce, &["img-src 'self'"]).is_ok());
     }
 
     #[test]
     fn unfixable_policies_are_refused() {
-        assert_eq!(run(CspMode::Auto, &["script-src 'none'"]), Err(Blocked::NoScripts));
+        assert_eq!(
+            run(CspMode::Auto, &["script-src 'none'"]),
+            Err(Blocked::NoScripts)
+        );
         assert_eq!(run(CspMode::Auto, &["script-src"]), Err(Blocked::NoScripts));
-        assert_eq!(run(CspMode::Auto, &["default-src 'none'"]), Err(Blocked::NoScripts));
+        assert_eq!(
+            run(CspMode::Auto, &["default-src 'none'"]),
+            Err(Blocked::NoScripts)
+        );
         assert_eq!(
             run(CspMode::Auto, &["script-src 'sha256-AAAA'"]),
             Err(Blocked::HashOnly)
@@ -798,7 +882,10 @@ mod tests {
             Err(Blocked::NoAllowlist)
         );
         assert_eq!(
-            run(CspMode::Auto, &["script-src https://widget.example; connect-src 'none'"]),
+            run(
+                CspMode::Auto,
+                &["script-src https://widget.example; connect-src 'none'"]
+            ),
             Err(Blocked::NoConnect)
         );
     }
@@ -806,7 +893,10 @@ mod tests {
     #[test]
     fn report_only_and_off_are_untouched() {
         let mut h = HeaderMap::new();
-        h.insert("content-security-policy-report-only", HeaderValue::from_static("script-src 'none'"));
+        h.insert(
+            "content-security-policy-report-only",
+            HeaderValue::from_static("script-src 'none'"),
+        );
         let p = plan(&h, CspMode::Auto, &settings()).unwrap();
         assert!(!p.is_amended());
         let mut h = headers(&["script-src 'none'"]);
@@ -819,7 +909,10 @@ mod tests {
     fn every_policy_is_amended_and_order_kept() {
         let (_, out) = run(
             CspMode::Auto,
-            &["script-src 'self', img-src 'self'", "img-src https:; script-src https://a.example"],
+            &[
+                "script-src 'self', img-src 'self'",
+                "img-src https:; script-src https://a.example",
+            ],
         )
         .unwrap();
         assert_eq!(
@@ -835,11 +928,20 @@ mod tests {
     fn mixed_policies_take_the_nonce_and_amend_the_rest() {
         let (nonce, out) = run(
             CspMode::Auto,
-            &["script-src 'nonce-abc' 'strict-dynamic'", "script-src 'self'"],
+            &[
+                "script-src 'nonce-abc' 'strict-dynamic'",
+                "script-src 'self'",
+            ],
         )
         .unwrap();
         assert_eq!(nonce.as_deref(), Some("abc"));
-        assert_eq!(out, ["script-src 'nonce-abc' 'strict-dynamic'", "script-src 'self' https://widget.example"]);
+        assert_eq!(
+            out,
+            [
+                "script-src 'nonce-abc' 'strict-dynamic'",
+                "script-src 'self' https://widget.example"
+            ]
+        );
     }
 
     #[test]
@@ -877,7 +979,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             out,
-            ["script-src *; connect-src 'self' https://widget.example wss://widget.example https://api.example wss://api.example"]
+            [
+                "script-src *; connect-src 'self' https://widget.example wss://widget.example https://api.example wss://api.example"
+            ]
         );
     }
 
@@ -892,12 +996,25 @@ mod tests {
             "default-src 'self' 'unsafe-inline'; script-src 'nonce-x'",
         ] {
             for mode in [CspMode::Auto, CspMode::Amend, CspMode::Nonce] {
-                let Ok((_, out)) = run(mode, &[p]) else { continue };
+                let Ok((_, out)) = run(mode, &[p]) else {
+                    continue;
+                };
                 for line in &out {
-                    assert_eq!(line.matches("'unsafe-").count(), p.matches("'unsafe-").count(), "{p} → {line}");
-                    assert_eq!(line.matches('*').count(), p.matches('*').count(), "{p} → {line}");
+                    assert_eq!(
+                        line.matches("'unsafe-").count(),
+                        p.matches("'unsafe-").count(),
+                        "{p} → {line}"
+                    );
+                    assert_eq!(
+                        line.matches('*').count(),
+                        p.matches('*').count(),
+                        "{p} → {line}"
+                    );
                     // Nothing removed: the original text is a prefix, directive by directive.
-                    assert!(line.starts_with(p.split(';').next().unwrap()), "{p} → {line}");
+                    assert!(
+                        line.starts_with(p.split(';').next().unwrap()),
+                        "{p} → {line}"
+                    );
                 }
             }
         }
@@ -920,7 +1037,12 @@ mod tests {
         let s = CspSettings::from_parts("/widget.js", &[]);
         assert!(plan(&headers(&["script-src 'self'"]), CspMode::Auto, &s).is_ok());
         assert_eq!(
-            plan(&headers(&["script-src https://cdn.example"]), CspMode::Auto, &s).err(),
+            plan(
+                &headers(&["script-src https://cdn.example"]),
+                CspMode::Auto,
+                &s
+            )
+            .err(),
             Some(Blocked::SameOrigin)
         );
     }
@@ -930,24 +1052,43 @@ mod tests {
         let s = settings();
         let p = plan(&headers(&["script-src 'self'"]), CspMode::Auto, &s).unwrap();
         assert!(p.helper_allowed());
-        let p = plan(&headers(&["script-src https://cdn.example"]), CspMode::Auto, &s).unwrap();
+        let p = plan(
+            &headers(&["script-src https://cdn.example"]),
+            CspMode::Auto,
+            &s,
+        )
+        .unwrap();
         assert!(!p.helper_allowed());
-        let p = plan(&headers(&["script-src 'nonce-a' 'strict-dynamic'"]), CspMode::Auto, &s).unwrap();
+        let p = plan(
+            &headers(&["script-src 'nonce-a' 'strict-dynamic'"]),
+            CspMode::Auto,
+            &s,
+        )
+        .unwrap();
         assert!(p.helper_allowed());
     }
 
     #[test]
     fn unreadable_header_is_refused() {
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_bytes(b"script-src \xff").unwrap());
-        assert_eq!(plan(&h, CspMode::Auto, &settings()).err(), Some(Blocked::Unreadable));
+        h.insert(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_bytes(b"script-src \xff").unwrap(),
+        );
+        assert_eq!(
+            plan(&h, CspMode::Auto, &settings()).err(),
+            Some(Blocked::Unreadable)
+        );
         assert!(plan(&h, CspMode::Off, &settings()).is_ok());
     }
 
     #[test]
     fn duplicate_directives_follow_the_first() {
         let (_, out) = run(CspMode::Auto, &["script-src 'self'; script-src *"]).unwrap();
-        assert_eq!(out, ["script-src 'self' https://widget.example; script-src *"]);
+        assert_eq!(
+            out,
+            ["script-src 'self' https://widget.example; script-src *"]
+        );
     }
 
     #[test]
@@ -987,7 +1128,10 @@ mod tests {
     #[test]
     fn meta_policy_without_nonces_blocks_unless_it_allows_the_origin() {
         let p = page(plan(&HeaderMap::new(), CspMode::Auto, &settings()).unwrap());
-        assert_eq!(p.meta_snippet(&s(&["script-src 'self'"]), &s(&["x"])), Err(Blocked::Meta));
+        assert_eq!(
+            p.meta_snippet(&s(&["script-src 'self'"]), &s(&["x"])),
+            Err(Blocked::Meta)
+        );
         let html = p
             .meta_snippet(&s(&["script-src 'self' https://widget.example"]), &[])
             .unwrap();
@@ -1059,7 +1203,10 @@ mod tests {
     async fn rewriter_uses_the_nonce_of_the_pages_own_script_for_a_meta_policy() {
         let html = r#"<html><head><meta http-equiv="Content-Security-Policy" content="script-src 'nonce-pg1' 'strict-dynamic'"><script nonce="pg1" src="/app.js"></script></head><body><p>x</p></body></html>"#;
         let (out, m) = rewrite_page(html, auto_page()).await;
-        assert!(out.contains(r#"token="tok" nonce="pg1"></script></body>"#), "{out}");
+        assert!(
+            out.contains(r#"token="tok" nonce="pg1"></script></body>"#),
+            "{out}"
+        );
         assert!(out.contains(r#"id="chathub-proxy-helper""#), "{out}");
         assert_eq!(m.skipped_count("csp"), 0);
     }
@@ -1105,7 +1252,10 @@ mod tests {
 
     #[test]
     fn entities_decode() {
-        assert_eq!(decode_entities("a &#39;b&apos; &amp;&#x41;&quot;"), "a 'b' &A\"");
+        assert_eq!(
+            decode_entities("a &#39;b&apos; &amp;&#x41;&quot;"),
+            "a 'b' &A\""
+        );
         assert_eq!(decode_entities("&bogus; & &#xZZ;"), "&bogus; & &#xZZ;");
         assert_eq!(decode_entities("plain"), "plain");
     }
@@ -1113,7 +1263,18 @@ mod tests {
     #[test]
     fn parsing_never_panics_on_odd_input() {
         let s = settings();
-        for p in ["", ";;;", " , ,", "script-src 'nonce-'", "script-src :", "script-src ://", "script-src *.", "script-src a:b:c", "script-src https://*:*/", "script-src 'ñ'"] {
+        for p in [
+            "",
+            ";;;",
+            " , ,",
+            "script-src 'nonce-'",
+            "script-src :",
+            "script-src ://",
+            "script-src *.",
+            "script-src a:b:c",
+            "script-src https://*:*/",
+            "script-src 'ñ'",
+        ] {
             let _ = plan(&headers(&[p]), CspMode::Auto, &s);
         }
     }

@@ -6,17 +6,18 @@
 use crate::body::{self, Body, BoxError};
 use crate::codec;
 use crate::config::{Config, Route};
+use crate::csp::{self, CspPlan, CspSettings, PageCsp};
 use crate::error::ProxyError;
 use crate::forwarded;
 use crate::inject::{self, Skip};
 use crate::metrics::SharedMetrics;
 use crate::rewrite::{self, RewritePlan};
 use crate::route::{RouteTable, normalize_host};
-use crate::secret::Secret;
 use crate::server::ServerError;
 use crate::tag::TagTemplate;
 use crate::session::{self, SessionId};
-use crate::token::{TokenSkip, Tokens};
+use crate::snippet::{self, Snippet};
+use crate::token::{IssuedToken, TokenSkip, Tokens};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -39,6 +40,10 @@ pub struct State {
     pub upstream: Upstream,
     pub metrics: SharedMetrics,
     pub tag: TagTemplate,
+    /// The inserted HTML: widget tag, fallback template, helper script.
+    pub snippet: Arc<Snippet>,
+    /// What the widget needs from a page's Content-Security-Policy.
+    pub csp: Arc<CspSettings>,
     pub tokens: Tokens,
     /// The session cookie's two possible names (plain and `__Host-`).
     cookie_names: [String; 2],
@@ -57,6 +62,8 @@ impl State {
             routes: RouteTable::new(&config),
             upstream: Upstream::new(&config.upstream).map_err(ServerError::Client)?,
             tag: TagTemplate::new(&config.inject),
+            snippet: Arc::new(Snippet::new(&config.inject)),
+            csp: Arc::new(CspSettings::new(&config.inject)),
             metrics,
             config,
         })
@@ -136,6 +143,11 @@ async fn handle_inner(
     if path == cfg.inject.token_path {
         return Ok(state.tokens.endpoint(&route, &parts, trusted, https).await);
     }
+    // So is the helper script (widget fallback, token refresh): same-origin, so
+    // a page's `script-src 'self'` lets it run.
+    if state.snippet.helper_enabled() && path == cfg.inject.helper_path {
+        return Ok(snippet::helper_response(&parts.method));
+    }
     // Over HTTPS only the `__Host-` cookie counts: a plain one could have been
     // planted by a sibling subdomain or over plain HTTP.
     let session_id = session::from_headers(&parts.headers, &session::cookie_name(&cfg.session, https));
@@ -196,10 +208,14 @@ async fn handle_inner(
     forwarded::strip_hop_by_hop(&mut rparts.headers);
     let decision = match page {
         Err(skip) => Err(skip),
-        Ok((pending, session, is_new)) => match inject::check_response(rparts.status, &rparts.headers, &cfg.inject) {
+        // The page's CSP is judged before waiting for the token: a page it
+        // blocks goes out unchanged either way.
+        Ok((pending, session, is_new)) => match inject::check_response(rparts.status, &rparts.headers, &cfg.inject)
+            .and_then(|info| Ok((info, judge_csp(&rparts.headers, &route, state)?)))
+        {
             Err(skip) => Err(skip),
-            Ok(info) => match pending.resolve(&state.metrics, cfg.token.budget).await {
-                Ok(token) => Ok((info, Insert::Widget(token), session, is_new)),
+            Ok((info, csp_plan)) => match pending.resolve(&state.metrics, cfg.token.budget).await {
+                Ok(issued) => Ok((info, Insert::Widget(issued, csp_plan), session, is_new)),
                 // ChatHub slow or down: the configured fallback contact, as the
                 // integration guide recommends, instead of nothing.
                 Err(skip @ (Skip::TokenBudget | Skip::TokenUnavailable)) if cfg.inject.fallback_html.is_some() => {
@@ -244,14 +260,19 @@ async fn handle_inner(
     let out = codec::choose_output_for(&client_accept, info.coding);
     inject::rewrite_response_headers(&mut rparts.headers);
     inject::set_output_coding(&mut rparts.headers, out);
-    let snippet: Arc<str> = match &insert {
-        Insert::Widget(token) => {
+    let mut page_csp = None;
+    let snippet: Arc<str> = match insert {
+        Insert::Widget(issued, csp_plan) => {
             mark(&mut rparts.headers, cfg, Ok(()));
-            state.tag.render(token.expose(), None).into()
+            csp_plan.apply(&mut rparts.headers);
+            let page = PageCsp::new(csp_plan, state.csp.clone(), state.snippet.clone(), issued.token, Some(issued.expires_at));
+            let snippet = page.header_snippet().into();
+            page_csp = Some(Arc::new(page));
+            snippet
         }
         Insert::Fallback(skip) => {
             state.metrics.skipped(skip.reason());
-            mark(&mut rparts.headers, cfg, Err(*skip));
+            mark(&mut rparts.headers, cfg, Err(skip));
             cfg.inject.fallback_html.as_deref().unwrap_or_default().into()
         }
     };
@@ -267,26 +288,30 @@ async fn handle_inner(
         encoding: info.encoding,
         max_memory: cfg.inject.max_rewriter_memory,
     };
-    let rewritten = rewrite::rewrite(decoded, plan, state.metrics.clone());
+    let rewritten = match page_csp {
+        Some(page) => rewrite::rewrite_with_csp(decoded, plan, page, state.metrics.clone()),
+        None => rewrite::rewrite(decoded, plan, state.metrics.clone()),
+    };
     Ok(Response::from_parts(rparts, codec::encode(rewritten, out)))
 }
 
 /// What goes into an eligible page.
 enum Insert {
-    Widget(Secret),
+    /// The widget, and how it gets past the page's CSP.
+    Widget(IssuedToken, CspPlan),
     /// No token in time: the fallback contact block, and why.
     Fallback(Skip),
 }
 
 /// The token for a page, looked up in parallel with the upstream request.
 enum PendingToken {
-    Spawned(JoinHandle<Result<crate::token::IssuedToken, TokenSkip>>),
+    Spawned(JoinHandle<Result<IssuedToken, TokenSkip>>),
 }
 
 impl PendingToken {
     /// Wait at most `budget`; past it the page goes out without the widget while
     /// the lookup carries on in its own task and fills the cache.
-    async fn resolve(self, metrics: &SharedMetrics, budget: std::time::Duration) -> Result<Secret, Skip> {
+    async fn resolve(self, metrics: &SharedMetrics, budget: std::time::Duration) -> Result<IssuedToken, Skip> {
         let PendingToken::Spawned(mut handle) = self;
         match tokio::time::timeout(budget, &mut handle).await {
             Err(_) => {
@@ -294,7 +319,7 @@ impl PendingToken {
                 Err(Skip::TokenBudget)
             }
             Ok(Err(_join)) => Err(Skip::TokenUnavailable),
-            Ok(Ok(Ok(issued))) => Ok(issued.token),
+            Ok(Ok(Ok(issued))) => Ok(issued),
             Ok(Ok(Err(skip))) => Err(match skip {
                 TokenSkip::NoToken => Skip::NoToken,
                 TokenSkip::Operator(r) if r.reason() == "no_identity" => Skip::NoIdentity,
@@ -305,6 +330,14 @@ impl PendingToken {
             }),
         }
     }
+}
+
+/// How the widget gets past the page's header CSP, or why it cannot (`Skip::Csp`).
+fn judge_csp(headers: &HeaderMap, route: &Route, state: &State) -> Result<CspPlan, Skip> {
+    csp::plan(headers, route.csp, &state.csp).map_err(|blocked| {
+        tracing::debug!(reason = blocked.reason(), "the page's policy blocks the widget");
+        Skip::Csp
+    })
 }
 
 /// The header a route's `identity` rule reads, if any.

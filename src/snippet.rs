@@ -69,7 +69,9 @@ impl Snippet {
             push_escaped(&mut head, &cfg.helper_path);
             head.push_str("\" id=\"");
             head.push_str(HELPER_ID);
-            head.push_str("\" data-script-id=\"");
+            // Not `data-…-id="…"`: the page should hold the widget's id in
+            // `id="…"` exactly once, for tools that look for it by text.
+            head.push_str("\" data-widget=\"");
             push_escaped(&mut head, &cfg.script_id);
             head.push_str("\" data-token-attribute=\"");
             push_escaped(&mut head, &cfg.token_attribute);
@@ -225,11 +227,18 @@ mod tests {
         assert!(s.helper_enabled());
         let html = s.render(page(Some("abc")));
         assert!(
-            html.starts_with(r#"<template id="chathub-fallback"><p class="c">Call us</p></template><script defer src="/__h.js" id="chathub-proxy-helper" data-script-id="operator-chat-panel-script" data-token-attribute="token" data-fallback="chathub-fallback" data-token-path="/api/chathub/token" data-expires-at="2030-01-02T03:04:05Z" nonce="abc"></script><script type="module""#),
+            html.starts_with(r#"<template id="chathub-fallback"><p class="c">Call us</p></template><script defer src="/__h.js" id="chathub-proxy-helper" data-widget="operator-chat-panel-script" data-token-attribute="token" data-fallback="chathub-fallback" data-token-path="/api/chathub/token" data-expires-at="2030-01-02T03:04:05Z" nonce="abc"></script><script type="module""#),
             "{html}"
         );
-        assert!(html.ends_with(r#" token="tok" nonce="abc"></script>"#), "{html}");
+        assert!(
+            html.ends_with(r#" token="tok" nonce="abc"></script>"#),
+            "{html}"
+        );
         assert_eq!(html.matches("<script").count(), 2);
+        assert_eq!(
+            html.matches(r#"id="operator-chat-panel-script""#).count(),
+            1
+        );
     }
 
     #[test]
@@ -275,7 +284,10 @@ mod tests {
     async fn helper_response_serves_the_script() {
         let r = helper_response(&Method::GET);
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()["content-type"], "text/javascript; charset=utf-8");
+        assert_eq!(
+            r.headers()["content-type"],
+            "text/javascript; charset=utf-8"
+        );
         assert_eq!(r.headers()["x-content-type-options"], "nosniff");
         let body = r.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, HELPER_JS.as_bytes());
@@ -286,7 +298,14 @@ mod tests {
             head.headers()["content-length"],
             HELPER_JS.len().to_string().as_str()
         );
-        assert!(head.into_body().collect().await.unwrap().to_bytes().is_empty());
+        assert!(
+            head.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
 
         let post = helper_response(&Method::POST);
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
@@ -295,7 +314,14 @@ mod tests {
 
     #[test]
     fn helper_script_has_no_eval_or_markup_sinks() {
-        for bad in ["eval(", "new Function", "innerHTML", "outerHTML", "document.write", "insertAdjacentHTML"] {
+        for bad in [
+            "eval(",
+            "new Function",
+            "innerHTML",
+            "outerHTML",
+            "document.write",
+            "insertAdjacentHTML",
+        ] {
             assert!(!HELPER_JS.contains(bad), "{bad}");
         }
     }

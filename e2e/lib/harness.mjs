@@ -152,8 +152,13 @@ export async function startOrigin(cleanups, pages) {
     res.end(body);
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(() => new Promise((r) => server.close(r)));
-  server.closeIdleConnections?.();
+  cleanups.push(
+    () =>
+      new Promise((r) => {
+        server.close(r);
+        server.closeAllConnections(); // the proxy's pooled keep-alive connections
+      }),
+  );
   return { url: `http://127.0.0.1:${server.address().port}` };
 }
 

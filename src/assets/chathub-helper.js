@@ -19,7 +19,7 @@
   window.__chathubProxyHelper = true;
 
   var data = me.dataset;
-  var scriptId = data.scriptId || 'operator-chat-panel-script';
+  var scriptId = data.widget || 'operator-chat-panel-script';
   var tokenAttr = data.tokenAttribute || 'token';
   var nonce = me.nonce || '';
   var first = document.getElementById(scriptId);

@@ -18,7 +18,10 @@ fn settings() -> CspSettings {
 fn headers(lines: &[&str]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for l in lines {
-        h.append(CONTENT_SECURITY_POLICY, HeaderValue::from_str(l).expect("header"));
+        h.append(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_str(l).expect("header"),
+        );
     }
     h
 }
@@ -40,10 +43,17 @@ fn run(mode: CspMode, lines: &[&str]) -> Result<(Vec<String>, Option<String>), B
 
 const CONNECT: &str = "https://widget.smsbat.com wss://widget.smsbat.com https://chatapi.smsbat.com wss://chatapi.smsbat.com";
 
+/// Mode, policy in, policy out (or the refusal), and the nonce the tag gets.
+type Case = (
+    CspMode,
+    &'static str,
+    Result<String, Blocked>,
+    Option<&'static str>,
+);
+
 #[test]
 fn policies_in_policies_out() {
-    // (mode, policy in, policy out or refusal, nonce)
-    let cases: Vec<(CspMode, &str, Result<String, Blocked>, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         // Allowlist policies are amended.
         (CspMode::Auto, "script-src 'self'", Ok("script-src 'self' https://widget.smsbat.com".into()), None),
         (
@@ -105,27 +115,55 @@ fn policies_in_policies_out() {
 #[test]
 fn refusal_leaves_the_headers_exactly_as_they_were() {
     let h = headers(&["script-src 'self'", "script-src 'sha256-abc'"]);
-    assert_eq!(csp::plan(&h, CspMode::Auto, &settings()).err(), Some(Blocked::HashOnly));
+    assert_eq!(
+        csp::plan(&h, CspMode::Auto, &settings()).err(),
+        Some(Blocked::HashOnly)
+    );
     // plan() takes the headers by reference: nothing to undo.
-    assert_eq!(csp_lines(&h), ["script-src 'self'", "script-src 'sha256-abc'"]);
+    assert_eq!(
+        csp_lines(&h),
+        ["script-src 'self'", "script-src 'sha256-abc'"]
+    );
 }
 
 #[test]
 fn several_headers_each_amended_in_order() {
-    let (lines, _) = run(CspMode::Auto, &["script-src 'self'", "default-src https:; script-src https://cdn.example"]).expect("plan");
+    let (lines, _) = run(
+        CspMode::Auto,
+        &[
+            "script-src 'self'",
+            "default-src https:; script-src https://cdn.example",
+        ],
+    )
+    .expect("plan");
     assert_eq!(lines[0], "script-src 'self' https://widget.smsbat.com");
-    assert!(lines[1].starts_with("default-src https:; script-src https://cdn.example https://widget.smsbat.com"), "{}", lines[1]);
+    assert!(
+        lines[1].starts_with(
+            "default-src https:; script-src https://cdn.example https://widget.smsbat.com"
+        ),
+        "{}",
+        lines[1]
+    );
 }
 
 #[test]
 fn report_only_policies_are_never_touched() {
     let mut h = HeaderMap::new();
-    h.insert(REPORT_ONLY, HeaderValue::from_static("script-src 'none'; report-uri /csp"));
-    h.append(CONTENT_SECURITY_POLICY, HeaderValue::from_static("script-src 'self'"));
+    h.insert(
+        REPORT_ONLY,
+        HeaderValue::from_static("script-src 'none'; report-uri /csp"),
+    );
+    h.append(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("script-src 'self'"),
+    );
     let plan = csp::plan(&h, CspMode::Auto, &settings()).expect("plan");
     plan.apply(&mut h);
     assert_eq!(h[REPORT_ONLY], "script-src 'none'; report-uri /csp");
-    assert_eq!(csp_lines(&h), ["script-src 'self' https://widget.smsbat.com"]);
+    assert_eq!(
+        csp_lines(&h),
+        ["script-src 'self' https://widget.smsbat.com"]
+    );
 
     let mut only = HeaderMap::new();
     only.insert(REPORT_ONLY, HeaderValue::from_static("default-src 'none'"));
@@ -137,28 +175,58 @@ fn report_only_policies_are_never_touched() {
 
 #[test]
 fn emulator_widget_gets_its_http_origin() {
-    let s = CspSettings::from_parts("http://127.0.0.1:40123/operator-chat-panel/widget-script.js", &[]);
+    let s = CspSettings::from_parts(
+        "http://127.0.0.1:40123/operator-chat-panel/widget-script.js",
+        &[],
+    );
     let mut h = headers(&["default-src 'self'"]);
-    csp::plan(&h, CspMode::Auto, &s).expect("plan").apply(&mut h);
+    csp::plan(&h, CspMode::Auto, &s)
+        .expect("plan")
+        .apply(&mut h);
     assert_eq!(
         csp_lines(&h),
-        ["default-src 'self'; script-src 'self' http://127.0.0.1:40123; connect-src 'self' http://127.0.0.1:40123 ws://127.0.0.1:40123"]
+        [
+            "default-src 'self'; script-src 'self' http://127.0.0.1:40123; connect-src 'self' http://127.0.0.1:40123 ws://127.0.0.1:40123"
+        ]
     );
 }
 
 fn source() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
-        "'self'", "'none'", "'unsafe-inline'", "'unsafe-eval'", "'strict-dynamic'", "'nonce-abc'", "'nonce-XyZ'",
-        "'sha256-AAAA'", "'report-sample'", "https:", "data:", "*", "*.example.com", "https://cdn.example",
-        "https://widget.smsbat.com", "http://widget.smsbat.com:8080", "wss://chatapi.smsbat.com", "blob:",
+        "'self'",
+        "'none'",
+        "'unsafe-inline'",
+        "'unsafe-eval'",
+        "'strict-dynamic'",
+        "'nonce-abc'",
+        "'nonce-XyZ'",
+        "'sha256-AAAA'",
+        "'report-sample'",
+        "https:",
+        "data:",
+        "*",
+        "*.example.com",
+        "https://cdn.example",
+        "https://widget.smsbat.com",
+        "http://widget.smsbat.com:8080",
+        "wss://chatapi.smsbat.com",
+        "blob:",
     ])
 }
 
 fn directive() -> impl Strategy<Value = String> {
     let name = prop::sample::select(vec![
-        "default-src", "script-src", "script-src-elem", "connect-src", "img-src", "style-src", "object-src", "base-uri",
+        "default-src",
+        "script-src",
+        "script-src-elem",
+        "connect-src",
+        "img-src",
+        "style-src",
+        "object-src",
+        "base-uri",
     ]);
-    (name, prop::collection::vec(source(), 0..4)).prop_map(|(n, s)| format!("{n} {}", s.join(" ")).trim().to_owned())
+    (name, prop::collection::vec(source(), 0..4))
+        .prop_map(|(n, s)| format!("{n} {}", s.join(" ")).trim().to_owned())
 }
 
 fn policy() -> impl Strategy<Value = String> {
@@ -166,7 +234,12 @@ fn policy() -> impl Strategy<Value = String> {
 }
 
 fn mode() -> impl Strategy<Value = CspMode> {
-    prop::sample::select(vec![CspMode::Auto, CspMode::Nonce, CspMode::Amend, CspMode::Off])
+    prop::sample::select(vec![
+        CspMode::Auto,
+        CspMode::Nonce,
+        CspMode::Amend,
+        CspMode::Off,
+    ])
 }
 
 proptest! {
@@ -209,5 +282,158 @@ proptest! {
         if m == CspMode::Off {
             prop_assert_eq!(line, p);
         }
+    }
+}
+
+/// Through the running proxy (needs the CSP wiring in `proxy.rs`).
+mod through_the_proxy {
+    use crate::support::client::{self, Got};
+    use crate::support::harness::Proxy;
+    use crate::support::origin::Origin;
+    use http::Method;
+
+    const TOML: &str = r#"
+[inject]
+widget_url = "https://widget.example/operator-chat-panel/widget-script.js"
+dev_token = "csp-test-token"
+debug_header = true
+refresh_helper = true
+fallback_html = "<p>Call us</p>"
+
+[[routes]]
+name = "site"
+hosts = ["site.test"]
+upstream = "{origin}"
+csp = "{mode}"
+"#;
+
+    const PAGE: &str =
+        "<!doctype html><html><head><title>t</title></head><body><p>page</p></body></html>";
+
+    async fn serve(mode: &str, headers: &[(&str, &str)], body: &str) -> (Proxy, Origin) {
+        let mut all = vec![("content-type", "text/html; charset=utf-8")];
+        all.extend_from_slice(headers);
+        let origin = Origin::builder()
+            .fixed_with_headers("/", 200, &all, body.to_owned())
+            .start()
+            .await;
+        let proxy = Proxy::with(TOML, &[("origin", &origin.url()), ("mode", mode)]).await;
+        (proxy, origin)
+    }
+
+    async fn get(proxy: &Proxy, method: Method, path: &str) -> Got {
+        let c = client::http1(proxy.addr);
+        let req = client::request(method, "site.test", path)
+            .header("sec-fetch-dest", "document")
+            .body(client::empty())
+            .expect("request");
+        client::fetch(&c, req).await
+    }
+
+    fn one(got: &Got, name: &str) -> String {
+        got.all(name).join(" | ")
+    }
+
+    #[tokio::test]
+    async fn hash_only_page_goes_out_unchanged_with_reason_csp() {
+        let policy = "script-src 'sha256-abc'";
+        let (proxy, _o) = serve("auto", &[("content-security-policy", policy)], PAGE).await;
+        let got = get(&proxy, Method::GET, "/").await;
+        assert_eq!(one(&got, "x-chathub-inject"), "skipped; reason=csp");
+        assert_eq!(one(&got, "content-security-policy"), policy);
+        assert_eq!(got.text(), PAGE);
+        assert_eq!(proxy.metrics.skipped_count("csp"), 1);
+    }
+
+    #[tokio::test]
+    async fn self_policy_is_amended_and_the_page_gets_tag_and_helper() {
+        let (proxy, _o) = serve(
+            "auto",
+            &[("content-security-policy", "default-src 'self'")],
+            PAGE,
+        )
+        .await;
+        for method in [Method::HEAD, Method::GET] {
+            let got = get(&proxy, method.clone(), "/").await;
+            assert_eq!(one(&got, "x-chathub-inject"), "injected", "{method}");
+            assert_eq!(
+                one(&got, "content-security-policy"),
+                "default-src 'self'; script-src 'self' https://widget.example; connect-src 'self' https://widget.example wss://widget.example",
+                "{method}"
+            );
+        }
+        let body = get(&proxy, Method::GET, "/").await.text();
+        assert!(
+            body.contains(r#"<template id="chathub-fallback"><p>Call us</p></template>"#),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"<script defer src="/__chathub/refresh.js" id="chathub-proxy-helper""#),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#" token="csp-test-token"></script></body>"#),
+            "{body}"
+        );
+        assert!(!body.contains("nonce"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn nonce_policy_lends_its_nonce_to_tag_and_helper() {
+        let policy = "script-src 'nonce-Zm9v' 'strict-dynamic'; object-src 'none'";
+        let (proxy, _o) = serve("auto", &[("content-security-policy", policy)], PAGE).await;
+        let got = get(&proxy, Method::GET, "/").await;
+        assert_eq!(one(&got, "content-security-policy"), policy);
+        let body = got.text();
+        assert_eq!(body.matches(r#"nonce="Zm9v""#).count(), 2, "{body}");
+    }
+
+    #[tokio::test]
+    async fn meta_policy_without_nonce_leaves_the_body_alone() {
+        let page = r#"<html><head><meta http-equiv="Content-Security-Policy" content="script-src 'self'"></head><body>x</body></html>"#;
+        let (proxy, _o) = serve("auto", &[], page).await;
+        let got = get(&proxy, Method::GET, "/").await;
+        assert_eq!(got.text(), page);
+        assert_eq!(proxy.metrics.skipped_count("csp"), 1);
+    }
+
+    #[tokio::test]
+    async fn report_only_is_untouched_and_off_ignores_the_policy() {
+        let (proxy, _o) = serve(
+            "auto",
+            &[("content-security-policy-report-only", "script-src 'none'")],
+            PAGE,
+        )
+        .await;
+        let got = get(&proxy, Method::GET, "/").await;
+        assert_eq!(one(&got, "x-chathub-inject"), "injected");
+        assert_eq!(
+            one(&got, "content-security-policy-report-only"),
+            "script-src 'none'"
+        );
+        assert!(got.all("content-security-policy").is_empty());
+
+        let (proxy, _o) = serve(
+            "off",
+            &[("content-security-policy", "script-src 'none'")],
+            PAGE,
+        )
+        .await;
+        let got = get(&proxy, Method::GET, "/").await;
+        assert_eq!(one(&got, "x-chathub-inject"), "injected");
+        assert_eq!(one(&got, "content-security-policy"), "script-src 'none'");
+    }
+
+    #[tokio::test]
+    async fn the_helper_script_is_served_by_the_proxy() {
+        let (proxy, origin) = serve("auto", &[], PAGE).await;
+        let got = get(&proxy, Method::GET, "/__chathub/refresh.js").await;
+        assert_eq!(got.status, 200);
+        assert_eq!(one(&got, "content-type"), "text/javascript; charset=utf-8");
+        assert_eq!(
+            got.body.as_ref(),
+            chathub_proxy::snippet::HELPER_JS.as_bytes()
+        );
+        assert_eq!(origin.requests().len(), 0, "never forwarded upstream");
     }
 }

@@ -26,7 +26,8 @@ fn injected(got: &Got) -> String {
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(inject_header(got), "injected");
     let token = must_token(got);
-    let (rest, tags) = crate::support::inject_support::strip_tags(&got.body);
+    let body = without_helper(&got.body);
+    let (rest, tags) = crate::support::inject_support::strip_tags(&body);
     assert_eq!(tags, 1);
     assert_eq!(
         String::from_utf8_lossy(&rest),
@@ -34,6 +35,20 @@ fn injected(got: &Got) -> String {
         "the page around the tag is intact"
     );
     token
+}
+
+/// The body minus what the proxy inserts before the widget tag when
+/// `inject.fallback_html` or `inject.refresh_helper` is set: the fallback
+/// `<template>` and the helper `<script>`.
+fn without_helper(body: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(body);
+    let start = text
+        .find(r#"<template id="chathub-fallback">"#)
+        .or_else(|| text.find(r#"<script defer src="/__chathub/refresh.js""#));
+    match (start, text.find(r#"<script type="module""#)) {
+        (Some(s), Some(e)) if s < e => format!("{}{}", &text[..s], &text[e..]).into_bytes(),
+        _ => body.to_vec(),
+    }
 }
 
 /// A page served without the widget: 200, the origin's bytes exactly, the
