@@ -415,3 +415,13 @@ fn an_unset_password_variable_is_exit_2_naming_the_key() {
         run.all()
     );
 }
+
+/// The root config.toml is the documented example and must work as is.
+#[test]
+fn the_commented_example_config_validates_as_is() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    let toml = std::fs::read_to_string(path).expect("config.toml");
+    let cfg = chathub_proxy::config::from_toml_str(&toml).expect("config.toml must validate");
+    assert_eq!(cfg.routes.len(), 1);
+    assert!(cfg.inject.dev_token.is_some(), "the example injects the development token");
+}
