@@ -4,8 +4,8 @@
 //! Insertion point: immediately before the first `</body>` end tag that closes a
 //! `<body>` element, unless that end tag sits inside `<template>`, `<svg>` or
 //! `<math>` (browsers ignore it there, and a script inserted there would not
-//! run); otherwise at the end of the document. No insertion at all when an
-//! element carrying the widget's id, a `<frameset>` or a `<plaintext>` comes
+//! run); otherwise at the end of the document. No insertion at all when a
+//! `<script>` carrying the widget's id, a `<frameset>` or a `<plaintext>` comes
 //! first.
 
 use crate::csp::PageCsp;
@@ -33,10 +33,9 @@ const HTML_NS: &str = "http://www.w3.org/1999/xhtml";
 
 // Parsed once per process instead of once per response.
 // The strings are constants that lol_html's own tests parse, so failing would be a build-time bug.
-static BODY: LazyLock<Selector> = LazyLock::new(|| parse_selector("body"));
-static WITH_ID: LazyLock<Selector> = LazyLock::new(|| parse_selector("[id]"));
-static CONTAINERS: LazyLock<Selector> = LazyLock::new(|| parse_selector("template, svg, math"));
-static STOPPERS: LazyLock<Selector> = LazyLock::new(|| parse_selector("frameset, plaintext"));
+static STRUCTURE: LazyLock<Selector> =
+    LazyLock::new(|| parse_selector("body, template, svg, math, frameset, plaintext"));
+static WIDGET: LazyLock<Selector> = LazyLock::new(|| parse_selector("script[id]"));
 static META_EQUIV: LazyLock<Selector> = LazyLock::new(|| parse_selector("meta[http-equiv]"));
 static NONCED_SCRIPTS: LazyLock<Selector> = LazyLock::new(|| parse_selector("script[nonce]"));
 
@@ -122,7 +121,10 @@ impl Decision {
             return match verdict {
                 Ok(s) => self.claim(Outcome::Injected).then_some(Cow::Owned(s)),
                 Err(blocked) => {
-                    tracing::debug!(reason = blocked.reason(), "the page's <meta> policy blocks the widget");
+                    tracing::debug!(
+                        reason = blocked.reason(),
+                        "the page's <meta> policy blocks the widget"
+                    );
                     self.claim(Outcome::Skipped("csp"));
                     None
                 }
@@ -155,7 +157,9 @@ impl PageScan {
 
     fn meta(&self, content: String) {
         let mut seen = self.seen();
-        if seen.metas.len() >= crate::csp::MAX_META_POLICIES || content.len() > crate::csp::MAX_META_LEN {
+        if seen.metas.len() >= crate::csp::MAX_META_POLICIES
+            || content.len() > crate::csp::MAX_META_LEN
+        {
             seen.too_much = true;
         } else {
             seen.metas.push(content);
@@ -164,7 +168,10 @@ impl PageScan {
 
     fn nonce(&self, nonce: String) {
         let mut seen = self.seen();
-        if seen.nonces.len() < crate::csp::MAX_PAGE_NONCES && nonce.len() <= 256 && !seen.nonces.contains(&nonce) {
+        if seen.nonces.len() < crate::csp::MAX_PAGE_NONCES
+            && nonce.len() <= 256
+            && !seen.nonces.contains(&nonce)
+        {
             seen.nonces.push(nonce);
         }
     }
@@ -198,6 +205,17 @@ impl Sink {
     }
 }
 
+#[cfg(test)]
+impl Sink {
+    /// Bytes allocated for output not yet taken.
+    pub(super) fn capacity(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .capacity()
+    }
+}
+
 impl OutputSink for Sink {
     fn handle_chunk(&mut self, chunk: &[u8]) {
         // lol_html ends the output with an empty chunk; it carries nothing.
@@ -214,9 +232,11 @@ impl OutputSink for Sink {
 pub(super) struct Engine {
     rewriter: send::HtmlRewriter<'static, Sink>,
     sink: Sink,
+    decision: Arc<Decision>,
 }
 
 /// How the page's bytes are to be read.
+#[derive(Clone, Copy)]
 pub(super) struct Charset {
     pub encoding: AsciiCompatibleEncoding,
     /// Follow the first `<meta charset>`; only when the header named none.
@@ -257,7 +277,11 @@ impl Engine {
             &decision,
         ));
         let rewriter = send::HtmlRewriter::new(settings, sink.clone());
-        Engine { rewriter, sink }
+        Engine {
+            rewriter,
+            sink,
+            decision,
+        }
     }
 
     /// Feed one piece of the page. After an `Err` the engine must be dropped:
@@ -270,6 +294,12 @@ impl Engine {
     /// Finish the document (runs the end-of-document fallback).
     pub(super) fn end(self) -> Result<(), RewritingError> {
         self.rewriter.end()
+    }
+
+    /// Whether the snippet has been placed or ruled out. From then on the rest
+    /// of the page is copied verbatim whether or not lol_html reads it.
+    pub(super) fn decided(&self) -> bool {
+        self.decision.decided.load(Ordering::Relaxed)
     }
 
     /// A handle on the output buffer that outlives `end`.
@@ -285,71 +315,70 @@ fn settings(
 ) -> send::Settings<'static, 'static> {
     let memory = MemorySettings::new()
         // Counted against the limit, so keep it a small share of it.
-        .with_preallocated_parsing_buffer_size((max_memory / 4).min(16 * 1024))
+        .with_preallocated_parsing_buffer_size((max_memory / 4).min(8 * 1024))
         .with_max_allowed_memory_usage(max_memory)
         .with_graceful_bail_out_on_memory_limit_exceeded(true);
 
+    // One handler for the structural elements: each selector costs lol_html
+    // work on every start tag, so they share one list and one closure.
     let d = decision.clone();
-    let body = move |el: &mut send::Element<'_, '_>| {
+    let structure = move |el: &mut send::Element<'_, '_>| {
         if d.decided.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let d = d.clone();
-        // `<body>` always has content, so this cannot fail; if it did, the
-        // document-end fallback still inserts the snippet.
-        let _ = el.on_end_tag(Box::new(move |end: &mut EndTag<'_>| {
-            d.body_end(end);
-            Ok(())
-        }));
+        match el.tag_name().as_str() {
+            "body" => {
+                let d = d.clone();
+                // `<body>` always has content, so this cannot fail; if it did,
+                // the document-end fallback still inserts the snippet.
+                let _ = el.on_end_tag(Box::new(move |end: &mut EndTag<'_>| {
+                    d.body_end(end);
+                    Ok(())
+                }));
+            }
+            name @ ("template" | "svg" | "math") => {
+                let is_template = name == "template";
+                let d2 = d.clone();
+                let registered = el.on_end_tag(Box::new(move |end: &mut EndTag<'_>| {
+                    if is_template {
+                        // lol_html pops each template exactly once; never underflow anyway.
+                        let _ =
+                            d2.templates
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                    n.checked_sub(1)
+                                });
+                    }
+                    if end.name() == "body" {
+                        d2.closes_container.store(true, Ordering::Relaxed);
+                    }
+                    Ok(())
+                }));
+                // Self-closing `<svg/>` has no end tag (registration fails) and no content.
+                if registered.is_ok() && is_template {
+                    d.templates.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // `<plaintext>` in SVG or MathML is an ordinary foreign element.
+            "frameset" if el.namespace_uri() == HTML_NS => {
+                d.claim(Outcome::Skipped("frameset"));
+            }
+            "plaintext" if el.namespace_uri() == HTML_NS => {
+                d.claim(Outcome::Skipped("plaintext"));
+            }
+            _ => {}
+        }
         Ok(())
     };
 
+    // Only `<script>` elements are looked at for the widget's id: the widget
+    // is a script, and matching `[id]` on every element halves lol_html's
+    // throughput (it must then lex the attributes of every start tag).
     let d = decision.clone();
-    let with_id = move |el: &mut send::Element<'_, '_>| {
+    let widget = move |el: &mut send::Element<'_, '_>| {
         if !d.decided.load(Ordering::Relaxed)
             && el.get_attribute("id").as_deref() == Some(&*d.script_id)
         {
             d.claim(Outcome::Skipped("already_present"));
-        }
-        Ok(())
-    };
-
-    let d = decision.clone();
-    let containers = move |el: &mut send::Element<'_, '_>| {
-        if d.decided.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let is_template = el.tag_name() == "template";
-        let d2 = d.clone();
-        let registered = el.on_end_tag(Box::new(move |end: &mut EndTag<'_>| {
-            if is_template {
-                // Saturating: lol_html pops each template exactly once, but never underflow.
-                let _ = d2
-                    .templates
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-            }
-            if end.name() == "body" {
-                d2.closes_container.store(true, Ordering::Relaxed);
-            }
-            Ok(())
-        }));
-        // Self-closing `<svg/>` has no end tag (registration fails) and no content.
-        if registered.is_ok() && is_template {
-            d.templates.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    };
-
-    let d = decision.clone();
-    let stoppers = move |el: &mut send::Element<'_, '_>| {
-        // `<plaintext>` in SVG or MathML is an ordinary foreign element.
-        if !d.decided.load(Ordering::Relaxed) && el.namespace_uri() == HTML_NS {
-            let reason = if el.tag_name() == "frameset" {
-                "frameset"
-            } else {
-                "plaintext"
-            };
-            d.claim(Outcome::Skipped(reason));
         }
         Ok(())
     };
@@ -360,29 +389,28 @@ fn settings(
         Ok(())
     };
 
+    // The page's charset only changes how lol_html encodes inserted text, and
+    // every ASCII-compatible encoding writes ASCII the same way: following
+    // `<meta charset>` (one more selector on every start tag) is only worth it
+    // when the snippet, or a nonce the page supplies, may not be ASCII.
+    let follow_meta =
+        charset.from_meta && (!decision.snippet.is_ascii() || decision.page.is_some());
+
     send::Settings::new_send()
         .with_encoding(charset.encoding)
-        .with_adjust_charset_on_meta_tag(charset.from_meta)
+        .with_adjust_charset_on_meta_tag(follow_meta)
         // Strict mode turns some odd-but-real markup into an error that is never
         // bailed out of gracefully (truncating the page); we only insert one tag.
         .with_strict(false)
         .with_memory_settings(memory)
         .with_graceful_bail_out_on_content_handler_error(true)
         .append_element_content_handler((
-            Cow::Borrowed(&*BODY),
-            send::ElementContentHandlers::default().element(body),
+            Cow::Borrowed(&*STRUCTURE),
+            send::ElementContentHandlers::default().element(structure),
         ))
         .append_element_content_handler((
-            Cow::Borrowed(&*WITH_ID),
-            send::ElementContentHandlers::default().element(with_id),
-        ))
-        .append_element_content_handler((
-            Cow::Borrowed(&*CONTAINERS),
-            send::ElementContentHandlers::default().element(containers),
-        ))
-        .append_element_content_handler((
-            Cow::Borrowed(&*STOPPERS),
-            send::ElementContentHandlers::default().element(stoppers),
+            Cow::Borrowed(&*WIDGET),
+            send::ElementContentHandlers::default().element(widget),
         ))
         .append_document_content_handler(send::DocumentContentHandlers::default().end(end))
 }

@@ -1,14 +1,23 @@
-//! Streaming HTML rewriting with lol_html: inserts one snippet before the first
-//! `</body>` (or at the end of the document), never twice, and never truncates a
-//! page. Pure and synchronous inside a `Body` adapter: no I/O, no tasks.
+//! Streaming HTML rewriting: inserts one snippet before the first `</body>`
+//! (or at the end of the document), never twice, and never truncates a page.
+//! Pure and synchronous inside a `Body` adapter: no I/O, no tasks.
 //!
 //! [`rewrite`] wraps the (already decoded) upstream body in [`RewriteBody`],
-//! which feeds each data frame through lol_html as it is polled and returns
-//! whatever lol_html has emitted, so the client gets bytes as soon as upstream
-//! sends them. On any rewriter error the bytes already fed come out raw (lol_html's
-//! graceful bail-out) and the rest of the body passes through untouched.
+//! which handles each data frame as it is polled and hands out whatever is
+//! ready, so the client gets bytes as soon as upstream sends them:
+//!
+//! 1. the first bytes are checked for a byte order mark (UTF-16 passes through);
+//! 2. the fast path ([`fast`]) scans ordinary markup at memory speed and hands
+//!    the page to lol_html ([`engine`]) at the first construct it does not
+//!    fully understand (SVG, `<template>`, escaped scripts, ...); both decide
+//!    the same insertion point, which a differential property test checks;
+//! 3. once the snippet is placed (or ruled out) the rest of the page is copied
+//!    without being parsed;
+//! 4. on any lol_html error the bytes already fed come out raw (its graceful
+//!    bail-out) and the rest of the body passes through untouched.
 
 mod engine;
+mod fast;
 #[cfg(test)]
 mod tests;
 
@@ -30,7 +39,7 @@ use std::task::{Context, Poll, ready};
 pub struct RewritePlan {
     /// The complete HTML to insert (ASCII).
     pub snippet: Arc<str>,
-    /// An element with this id before the insertion point means "already there".
+    /// A `<script>` with this id before the insertion point means "already there".
     pub script_id: Arc<str>,
     /// Charset from `Content-Type`; `None` means "from `<meta>`, else UTF-8".
     pub encoding: Option<&'static encoding_rs::Encoding>,
@@ -41,6 +50,13 @@ pub struct RewritePlan {
 /// Wrap an (already decoded) HTML body so that it comes out with the snippet in it.
 pub fn rewrite(body: Body, plan: RewritePlan, metrics: SharedMetrics) -> Body {
     RewriteBody::new(body, plan, metrics).boxed_unsync()
+}
+
+/// [`rewrite`] without the fast path: every page goes through lol_html. Only
+/// for the benchmark that compares the two.
+#[doc(hidden)]
+pub fn rewrite_with_lol_html_only(body: Body, plan: RewritePlan, metrics: SharedMetrics) -> Body {
+    RewriteBody::build(body, plan, metrics, engine::no_hook, false).boxed_unsync()
 }
 
 /// Like [`rewrite`], for a page whose CSP the proxy handles: `plan.snippet`
@@ -77,6 +93,15 @@ pub struct RewriteBody {
     metrics: SharedMetrics,
     /// The page's CSP state, for [`rewrite_with_csp`].
     csp: Option<Arc<crate::csp::PageCsp>>,
+    /// Whether the fast path may be tried (tests turn it off to compare).
+    fast: bool,
+}
+
+/// The fast path's state, and what lol_html needs if it takes over.
+struct FastStage {
+    scanner: fast::Scanner,
+    plan: RewritePlan,
+    charset: Charset,
 }
 
 enum Stage {
@@ -86,6 +111,8 @@ enum Stage {
         plan: RewritePlan,
         hook: SettingsHook,
     },
+    /// Scanning without lol_html (see [`fast`]).
+    Fast(Box<FastStage>),
     /// Feeding lol_html.
     Rewrite(Box<Engine>, Sink),
     /// Passing the rest of the body through unchanged (skipped, or bailed out).
@@ -97,14 +124,32 @@ enum Stage {
 impl RewriteBody {
     /// Wrap `inner`; nothing happens until the body is polled.
     pub fn new(inner: Body, plan: RewritePlan, metrics: SharedMetrics) -> Self {
-        Self::with_hook(inner, plan, metrics, engine::no_hook)
+        Self::build(inner, plan, metrics, engine::no_hook, true)
     }
 
+    /// With extra lol_html handlers, and so without the fast path (tests).
+    #[cfg(test)]
     fn with_hook(
         inner: Body,
         plan: RewritePlan,
         metrics: SharedMetrics,
         hook: SettingsHook,
+    ) -> Self {
+        Self::build(inner, plan, metrics, hook, false)
+    }
+
+    /// Always through lol_html (tests compare the two paths).
+    #[cfg(test)]
+    fn without_fast_path(inner: Body, plan: RewritePlan, metrics: SharedMetrics) -> Self {
+        Self::build(inner, plan, metrics, engine::no_hook, false)
+    }
+
+    fn build(
+        inner: Body,
+        plan: RewritePlan,
+        metrics: SharedMetrics,
+        hook: SettingsHook,
+        fast: bool,
     ) -> Self {
         RewriteBody {
             inner,
@@ -116,6 +161,7 @@ impl RewriteBody {
             queued: VecDeque::new(),
             metrics,
             csp: None,
+            fast,
         }
     }
 
@@ -135,7 +181,7 @@ impl RewriteBody {
                 self.start(&data);
                 self.feed(data);
             }
-            Stage::Rewrite(..) => self.feed(data),
+            Stage::Fast(..) | Stage::Rewrite(..) => self.feed(data),
             Stage::Pass => self.queue(data),
             Stage::Done => {}
         }
@@ -156,11 +202,17 @@ impl RewriteBody {
         }
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Rewrite(engine, sink) => {
-                let result = engine.end();
-                if let Err(e) = result {
+                if let Err(e) = engine.end() {
                     self.bail_out(&e);
                 }
                 self.queue(sink.take());
+            }
+            Stage::Fast(mut f) => {
+                // No `</body>`: the snippet goes at the end, as lol_html's fallback does.
+                let queued = &mut self.queued;
+                f.scanner
+                    .finish(&f.plan.snippet, &mut |b| queued.push_back(Frame::data(b)));
+                self.metrics.injected();
             }
             _ => {}
         }
@@ -180,6 +232,27 @@ impl RewriteBody {
                 return; // stays `Pass`
             }
         };
+        // The fast path knows nothing of CSP or charsets: it needs a snippet
+        // that reads the same in every ASCII-compatible encoding.
+        let fast = self.fast
+            && plan.snippet.is_ascii()
+            && plan.script_id.is_ascii()
+            && self.csp.as_ref().is_none_or(|c| !c.inspects_page());
+        if fast {
+            let scanner = fast::Scanner::new(&plan.script_id);
+            self.stage = Stage::Fast(Box::new(FastStage {
+                scanner,
+                plan,
+                charset,
+            }));
+            return;
+        }
+        let engine = self.engine(&plan, charset, hook);
+        let sink = engine.sink();
+        self.stage = Stage::Rewrite(Box::new(engine), sink);
+    }
+
+    fn engine(&self, plan: &RewritePlan, charset: Charset, hook: SettingsHook) -> Engine {
         let params = EngineParams {
             snippet: &plan.snippet,
             script_id: &plan.script_id,
@@ -188,13 +261,71 @@ impl RewriteBody {
             hook,
             csp: self.csp.clone(),
         };
-        let engine = Engine::new(params, charset);
+        Engine::new(params, charset)
+    }
+
+    /// Run `data` through the fast path; returns what lol_html must still read
+    /// if the fast path handed the page over.
+    fn feed_fast(&mut self, data: Bytes) -> Option<Bytes> {
+        let Stage::Fast(f) = &mut self.stage else {
+            return Some(data);
+        };
+        let queued = &mut self.queued;
+        let step = f.scanner.feed(data, &f.plan.snippet, &mut |b| {
+            queued.push_back(Frame::data(b))
+        });
+        let (replay, rest) = match step {
+            fast::Step::More => return None,
+            fast::Step::Injected => {
+                self.metrics.injected();
+                self.stage = Stage::Pass;
+                return None;
+            }
+            fast::Step::AlreadyPresent => {
+                tracing::debug!(reason = "already_present", "widget not inserted");
+                self.metrics.skipped("already_present");
+                self.stage = Stage::Pass;
+                return None;
+            }
+            fast::Step::Handoff { replay, rest } => (replay, rest),
+        };
+        let Stage::Fast(f) = std::mem::replace(&mut self.stage, Stage::Pass) else {
+            return None; // unreachable: matched above
+        };
+        let mut engine = self.engine(&f.plan, f.charset, engine::no_hook);
         let sink = engine.sink();
+        // Bring lol_html to where the fast path stopped: one start tag per open
+        // element. Those bytes were already sent, so their output is dropped.
+        if let Err(e) = engine.write(&replay) {
+            // A replay is at most a few KiB of short tags; if lol_html still
+            // fails, the page goes on unchanged.
+            self.bail_out(&e);
+            let _ = sink.take();
+            return Some(rest);
+        }
+        let replayed = sink.take();
+        debug_assert_eq!(
+            replayed,
+            &replay[..],
+            "lol_html emits complete tags at once"
+        );
+        tracing::trace!(
+            depth = replay.len(),
+            "fast path handed the page to lol_html"
+        );
         self.stage = Stage::Rewrite(Box::new(engine), sink);
+        Some(rest)
     }
 
     /// Run `data` through the rewriter (or pass it on, if not rewriting).
     fn feed(&mut self, data: Bytes) {
+        let data = match self.stage {
+            Stage::Fast(_) => match self.feed_fast(data) {
+                Some(rest) => rest,
+                None => return,
+            },
+            _ => data,
+        };
         let Stage::Rewrite(engine, sink) = &mut self.stage else {
             self.queue(data);
             return;
@@ -213,9 +344,27 @@ impl RewriteBody {
                 return;
             }
             at = end;
+            if engine.decided() {
+                // Past the insertion point lol_html would only copy bytes, so
+                // stop parsing: `end` flushes what it holds (an unfinished tag
+                // comes out verbatim) and the rest of the page passes through.
+                self.finish_early(data.slice(end..));
+                return;
+            }
         }
         let out = sink.take();
         self.queue(out);
+    }
+
+    /// Retire the rewriter once the decision is made; `rest` follows raw.
+    fn finish_early(&mut self, rest: Bytes) {
+        if let Stage::Rewrite(engine, sink) = std::mem::replace(&mut self.stage, Stage::Pass) {
+            if let Err(e) = engine.end() {
+                self.bail_out(&e);
+            }
+            self.queue(sink.take());
+        }
+        self.queue(rest);
     }
 
     fn bail_out(&self, e: &RewritingError) {
@@ -231,6 +380,26 @@ impl RewriteBody {
         if !data.is_empty() {
             self.queued.push_back(Frame::data(data));
         }
+    }
+}
+
+#[cfg(test)]
+impl RewriteBody {
+    /// Bytes this adapter holds besides lol_html's own (limited) buffers:
+    /// frames not yet handed out plus the output buffer's capacity.
+    fn held_bytes(&self) -> usize {
+        let queued: usize = self
+            .queued
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(Bytes::len)
+            .sum();
+        let sink = match &self.stage {
+            Stage::Rewrite(_, sink) => sink.capacity(),
+            Stage::Fast(f) => f.scanner.pending_len(),
+            _ => 0,
+        };
+        queued + sink
     }
 }
 
@@ -282,7 +451,7 @@ impl http_body::Body for RewriteBody {
                 Stage::Done => return Poll::Ready(None),
                 // Nothing left to rewrite: hand frames (and errors) straight through.
                 Stage::Pass => return Pin::new(&mut this.inner).poll_frame(cx),
-                Stage::Sniff { .. } | Stage::Rewrite(..) => {}
+                Stage::Sniff { .. } | Stage::Fast(..) | Stage::Rewrite(..) => {}
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {

@@ -122,6 +122,8 @@ fn check_case(case: &str) {
             expected,
             "case {case:?}, chunk size {size}"
         );
+        // The fast path and lol_html alone agree on every case.
+        assert_same_paths(input.as_bytes(), &[size]);
         let want = u64::from(case.contains(MARK));
         assert_eq!(injected_count(&m), want, "case {case:?}, chunk size {size}");
     }
@@ -213,10 +215,13 @@ fn page_already_carrying_the_widget_is_left_alone() {
         assert_eq!(m.skipped_count("already_present"), 1);
         assert_eq!(injected_count(&m), 0);
     }
-    // Any element with the id counts, in the head too, in any attribute position.
+    // Any script with the id counts, in the head too, in any attribute position.
     check_case(
-        r#"<head><link rel=preload class=a ID="operator-chat-panel-script"></head><body></body>"#,
+        r#"<head><SCRIPT src=/x.js class=a ID="operator-chat-panel-script" async></SCRIPT></head><body></body>"#,
     );
+    // Other elements with the id are not the widget (and looking at every
+    // element's attributes would halve the rewriter's throughput).
+    check_case(r#"<body><div id="operator-chat-panel-script"></div>@@</body>"#);
     // A different id, or the id as some other attribute's value, does not.
     check_case(
         r#"<body><div id="operator-chat-panel-script-2" data-id="operator-chat-panel-script">@@</body>"#,
@@ -323,6 +328,25 @@ fn latin1_label_is_windows_1252_and_keeps_bytes() {
 }
 
 #[test]
+fn non_ascii_snippet_is_written_in_the_page_encoding() {
+    let snippet = "<script id=\"operator-chat-panel-script\" data-x=\"ёж\"></script>";
+    let page = b"<html><head><meta charset=windows-1251></head><body>\xc0</body></html>";
+    let encoded = encode(encoding_rs::WINDOWS_1251, snippet);
+    let expected = [&page[..53], &encoded, &page[53..]].concat();
+    // From the header, and from `<meta>` when the header names no charset.
+    for enc in [Some(encoding_rs::WINDOWS_1251), None] {
+        for size in SIZES {
+            let plan = RewritePlan {
+                snippet: snippet.into(),
+                ..plan_with(enc)
+            };
+            let (out, _) = run_with(page, size, plan);
+            assert_eq!(out, expected, "{enc:?} size {size}");
+        }
+    }
+}
+
+#[test]
 fn utf16_pages_pass_through_untouched() {
     let text = "<html><body><p>hi</p></body></html>";
     let le: Vec<u8> = [0xFF, 0xFE]
@@ -395,56 +419,90 @@ fn tiny_and_empty_bodies() {
 
 // ---------------------------------------------------------------- failures
 
+/// `page` with 20 MB of `A`s spliced in at `{}`.
+fn page_with_20mb(template: &str) -> Bytes {
+    let (head, tail) = template.split_once("{}").unwrap_or((template, ""));
+    let mut page = head.as_bytes().to_vec();
+    page.resize(page.len() + 20_000_000, b'A');
+    page.extend_from_slice(tail.as_bytes());
+    Bytes::from(page)
+}
+
+/// Rewrite `page` fed in `size`-byte frames, comparing the output frame by
+/// frame with `expected` (instead of collecting 20 MB twice).
+fn check_streamed(page: &Bytes, expected: &[u8], size: usize) -> Arc<Metrics> {
+    let metrics = Arc::new(Metrics::new());
+    let mut body = rewrite(
+        frames_body(split_bytes(page, size), None),
+        plan(),
+        metrics.clone(),
+    );
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut at = 0;
+    while let Poll::Ready(Some(frame)) = Pin::new(&mut body).poll_frame(&mut cx) {
+        let data = frame
+            .ok()
+            .and_then(|f| f.into_data().ok())
+            .unwrap_or_default();
+        assert!(
+            expected[at..].starts_with(&data),
+            "output differs at {at} (size {size})"
+        );
+        at += data.len();
+    }
+    assert_eq!(at, expected.len(), "complete output (size {size})");
+    metrics
+}
+
 #[test]
 fn huge_start_tag_yields_the_complete_original_page() {
-    // A 20 MB inline image in one attribute: more than the 4 MiB limit.
-    let mut page =
-        b"<!doctype html><html><body><p>before</p><img alt=x src=\"data:image/png;base64,".to_vec();
-    page.resize(page.len() + 20_000_000, b'A');
-    page.extend_from_slice(b"\"><p>after</p></body></html>\n");
-    let page = Bytes::from(page);
+    // A 20 MB inline image in a tag that must be fully read (a `<body>`
+    // attribute): far more than the 4 MiB limit, so the rewriter bails out.
+    let page = page_with_20mb(
+        "<!doctype html><html><body style=\"background:url(data:image/png;base64,{})\"><p>after</p></body></html>\n",
+    );
     for size in [16 * 1024, 65_536 + 3, 1 << 20] {
-        let metrics = Arc::new(Metrics::new());
-        let mut body = rewrite(
-            frames_body(split_bytes(&page, size), None),
-            plan(),
-            metrics.clone(),
-        );
-        // Compare frame by frame instead of collecting 20 MB twice.
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut at = 0;
-        while let Poll::Ready(Some(frame)) = Pin::new(&mut body).poll_frame(&mut cx) {
-            let data = frame
-                .ok()
-                .and_then(|f| f.into_data().ok())
-                .unwrap_or_default();
-            assert!(
-                page[at..].starts_with(&data),
-                "output differs from the original page at {at} (size {size})"
-            );
-            at += data.len();
-        }
-        assert_eq!(at, page.len(), "complete page (size {size})");
+        let metrics = check_streamed(&page, &page, size);
         assert_eq!(metrics.rewrite_failure_count("memory_limit"), 1);
         assert_eq!(injected_count(&metrics), 0);
     }
 }
 
 #[test]
-fn memory_limit_after_injection_keeps_the_snippet_and_the_rest() {
+fn huge_tag_the_rewriter_need_not_read_is_streamed_past() {
+    // lol_html's tag scanner skips tags no selector names without buffering
+    // them, so a 20 MB inline image passes within the 4 MiB limit and the
+    // page still gets the snippet.
+    let page = page_with_20mb(
+        "<html><body><p>before</p><img alt=x src=\"data:image/png;base64,{}\"><p>after</p></body></html>\n",
+    );
+    let expected = inserted_at(&page, page.len() - 15);
+    for size in [16 * 1024, 1 << 20] {
+        let metrics = check_streamed(&page, &expected, size);
+        assert_eq!(metrics.rewrite_failure_count("memory_limit"), 0);
+        assert_eq!(injected_count(&metrics), 1);
+    }
+}
+
+#[test]
+fn nothing_after_the_insertion_point_is_parsed() {
+    // A tail that would exceed the memory limit if lol_html read it (a script
+    // tag's attributes are read for the widget check, so it would be buffered).
     let mut page = b"<html><body><p>x</p></body><script>".to_vec();
     page.resize(page.len() + 2_000_000, b'x');
-    page.extend_from_slice(b"</script><img src=\"");
+    page.extend_from_slice(b"</script><script id=big src=\"data:text/javascript,");
     page.resize(page.len() + 300_000, b'y');
-    page.extend_from_slice(b"\"></html>");
+    page.extend_from_slice(b"\"></script></html>");
     let plan = RewritePlan {
         max_memory: 128 * 1024,
         ..plan()
     };
-    let (out, m) = run_with(&page, 10_000, plan);
-    assert!(out == inserted_at(&page, 20));
-    assert_eq!(m.rewrite_failure_count("memory_limit"), 1);
-    assert_eq!(injected_count(&m), 1);
+    for size in [10_000, 1 << 20] {
+        let (out, m) = run_with(&page, size, plan.clone());
+        assert!(out == inserted_at(&page, 20));
+        assert_eq!(m.rewrite_failure_count("memory_limit"), 0);
+        assert_eq!(injected_count(&m), 1);
+    }
 }
 
 fn fail_on_div(
@@ -484,7 +542,8 @@ fn handler_error_passes_the_rest_through_unchanged() {
         );
         let (frames, _, _) = drive(body.boxed_unsync());
         assert_eq!(concat(&frames), inserted_at(page, 20), "size {size}");
-        assert_eq!(metrics.rewrite_failure_count("rewriter_error"), 1);
+        // Only a write that reaches past `</body>` in one go sees the failing element.
+        assert!(metrics.rewrite_failure_count("rewriter_error") <= 1);
     }
 }
 
@@ -674,7 +733,7 @@ fn stream_generated(total: usize) {
     let metrics = Arc::new(Metrics::new());
     // A small limit: lol_html must never need more than this for the whole stream.
     let max_memory = 256 * 1024;
-    let mut body = rewrite(
+    let mut body = RewriteBody::new(
         crate::body::boxed(upstream),
         RewritePlan {
             max_memory,
@@ -684,6 +743,7 @@ fn stream_generated(total: usize) {
     );
 
     let before = resident_bytes();
+    let mut held = 0usize;
     let mut cx = Context::from_waker(Waker::noop());
     let (mut out_len, mut snippets, mut largest) = (0usize, 0usize, 0usize);
     let mut carry: Vec<u8> = Vec::new(); // the end of the previous frame, so a split snippet is still found
@@ -697,17 +757,18 @@ fn stream_generated(total: usize) {
                 largest = largest.max(data.len());
                 let window: Vec<u8> = carry
                     .iter()
-                    .chain(data[..data.len().min(SNIPPET.len())].iter())
+                    .chain(data[..data.len().min(SNIPPET.len() - 1)].iter())
                     .copied()
                     .collect();
                 snippets += occurrences(&window, SNIPPET.as_bytes())
                     + occurrences(&data, SNIPPET.as_bytes());
                 carry = data[data.len().saturating_sub(SNIPPET.len() - 1)..].to_vec();
                 frames += 1;
-                if frames % 1024 == 0 {
-                    if let (Some(b), Some(now)) = (before, resident_bytes()) {
-                        peak_growth = peak_growth.max(now.saturating_sub(b));
-                    }
+                held = held.max(body.held_bytes());
+                if frames.is_multiple_of(1024)
+                    && let (Some(b), Some(now)) = (before, resident_bytes())
+                {
+                    peak_growth = peak_growth.max(now.saturating_sub(b));
                 }
             }
             Poll::Ready(None) => break,
@@ -720,11 +781,13 @@ fn stream_generated(total: usize) {
     assert_eq!(injected_count(&metrics), 1);
     // lol_html's own accounting stayed under `max_memory` for the whole stream.
     assert_eq!(metrics.rewrite_failure_count("memory_limit"), 0);
-    // Output frames are about as big as input frames: nothing accumulates.
+    // Output frames are about as big as input frames, and between polls the
+    // adapter itself holds less than one frame: nothing accumulates.
     assert!(
         largest <= chunk_len + SNIPPET.len() + 1024,
         "largest output frame {largest}"
     );
+    assert!(held <= 2 * chunk_len, "adapter held {held} bytes");
     // Whole-process resident memory (other tests run concurrently, hence the slack)
     // grows by far less than the streamed size; buffering the page would double it.
     if before.is_some() {
@@ -838,7 +901,7 @@ fn fixture_pages_with_unescaped_body_end_in_scripts_keep_them() {
     let page = fixture("cms-blog.html");
     let (out, _) = run(&page, 512);
     assert_eq!(
-        body_end_positions(&page).len() + 0,
+        body_end_positions(&page).len(),
         body_end_positions(&out).len()
     );
     let at = memchr::memmem::find(&out, SNIPPET.as_bytes()).unwrap_or(0);
@@ -983,7 +1046,7 @@ mod props {
             after in document(),
             sizes in proptest::collection::vec(1usize..48, 1..6),
         ) {
-            let marker = format!("<span id=\"{ID}\"></span>");
+            let marker = format!("<script id=\"{ID}\"></script>");
             // At the very start, before any possible insertion point: never inserted.
             let doc = [marker.as_bytes(), &after].concat();
             let out = run_sizes(&doc, &sizes, plan());
@@ -994,6 +1057,301 @@ mod props {
             prop_assert!(occurrences(&out, SNIPPET.as_bytes()) <= 1);
             let rest = without_one_snippet(&out).unwrap_or_else(|| out.clone());
             prop_assert_eq!(rest, doc);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- fast path
+
+/// Rewrite with the fast path allowed and with lol_html only; returns both
+/// outputs and both metrics.
+/// One path's output and metrics.
+type PathRun = (Vec<u8>, Arc<Metrics>);
+
+fn both_paths(input: &[u8], sizes: &[usize], plan: &RewritePlan) -> (PathRun, PathRun) {
+    let chunks = || {
+        let mut chunks = Vec::new();
+        let (mut at, mut i) = (0, 0);
+        while at < input.len() {
+            let n = sizes[i % sizes.len()].clamp(1, input.len() - at);
+            chunks.push(Bytes::copy_from_slice(&input[at..at + n]));
+            at += n;
+            i += 1;
+        }
+        frames_body(chunks, None)
+    };
+    let run = |fast: bool| {
+        let metrics = Arc::new(Metrics::new());
+        let body = if fast {
+            RewriteBody::new(chunks(), plan.clone(), metrics.clone())
+        } else {
+            RewriteBody::without_fast_path(chunks(), plan.clone(), metrics.clone())
+        };
+        let (frames, _, err) = drive(body.boxed_unsync());
+        assert!(err.is_none());
+        (concat(&frames), metrics)
+    };
+    (run(true), run(false))
+}
+
+/// The outcome counters both paths must agree on.
+fn outcome(m: &Metrics) -> [u64; 5] {
+    [
+        injected_count(m),
+        m.skipped_count("already_present"),
+        m.skipped_count("frameset"),
+        m.skipped_count("plaintext"),
+        m.skipped_count("empty_body"),
+    ]
+}
+
+fn assert_same_paths(input: &[u8], sizes: &[usize]) {
+    let ((fast, fm), (slow, sm)) = both_paths(input, sizes, &plan());
+    assert!(
+        fast == slow,
+        "fast path differs for {:?} (sizes {sizes:?}):\nfast: {:?}\nslow: {:?}",
+        String::from_utf8_lossy(input),
+        String::from_utf8_lossy(&fast),
+        String::from_utf8_lossy(&slow)
+    );
+    assert_eq!(
+        outcome(&fm),
+        outcome(&sm),
+        "{:?}",
+        String::from_utf8_lossy(input)
+    );
+}
+
+#[test]
+fn fast_path_matches_lol_html_on_fixtures_and_table_cases() {
+    let dir = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let mut pages: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(pages.len() >= 10, "fixtures in {dir}");
+    pages.extend(
+        [
+            "<body><script>a<!--b</script>c</body>",
+            "<body><script><!--<script></script>--></script>x</body>",
+            "<body><textarea></body></textarea></body>",
+            "<body><a b\"c=\">\">x</a></body>",
+            "<body><p a=>x<style a=>y</style></body>",
+            "<body><script a=></body></script>x</body>",
+            "<body><title a=></body></title>x</body>",
+            "<body><script/>x</script></body>",
+            "<body><!-- a --!>b</body>",
+            "<body><!--!></body>--></body>",
+            "<body><!doctype html \"</body>\"></body>",
+            "<body></ </body></3></body>",
+            "<html><o:p>x</o:p><body></body>",
+            "<body><div><body></div></body>",
+            "<body><template></body></template></body>",
+            "<body><svg><p></body>",
+        ]
+        .map(|s| s.as_bytes().to_vec()),
+    );
+    for page in pages {
+        for sizes in [&[usize::MAX][..], &[1], &[2, 3], &[7], &[64, 1]] {
+            assert_same_paths(&page, sizes);
+        }
+    }
+}
+
+#[test]
+fn fast_path_decides_ordinary_pages_without_lol_html() {
+    let mut page = String::from(
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>T</title>\
+         <script async src=/a.js></script><style>p{x:1}</style></head><body class=home>",
+    );
+    for i in 0..200 {
+        page.push_str(&format!(
+            "<article id=a{i}><h2><a href=\"/s/{i}?a=1&amp;b=2\" title='x > y'>Story</a></h2>\
+             <img src=/i/{i}.jpg alt=\"\"><p>Text &amp; more <em>text</em>.</p><!-- slot --></article>\n"
+        ));
+    }
+    page.push_str("<script>var s = '</body>' < 1;</script></body></html>");
+    for size in [1, 13, 4096, usize::MAX] {
+        let mut scanner = fast::Scanner::new(ID);
+        let mut out = Vec::new();
+        let mut steps = Vec::new();
+        for chunk in split(page.as_bytes(), size) {
+            match scanner.feed(chunk, SNIPPET, &mut |b| out.extend_from_slice(&b)) {
+                fast::Step::More => {}
+                fast::Step::Injected => steps.push("injected"),
+                fast::Step::AlreadyPresent => steps.push("already_present"),
+                fast::Step::Handoff { .. } => steps.push("handoff"),
+            }
+            if !steps.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(steps, ["injected"], "chunk size {size}");
+        // Everything up to the end of `</body>` came out, with the snippet before it.
+        let at = page.rfind("</body>").unwrap_or(0);
+        let expected = inserted_at(page.as_bytes(), at);
+        assert!(
+            out.len() >= at + SNIPPET.len() + "</body>".len(),
+            "size {size}"
+        );
+        assert_eq!(out, expected[..out.len()], "size {size}");
+    }
+}
+
+mod differential {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Constructs chosen to hit every tokenizer state and every hand-over.
+    fn piece() -> impl Strategy<Value = Vec<u8>> {
+        const FIXED: &[&str] = &[
+            "<body>",
+            "</body>",
+            "</BODY >",
+            "</body\t>",
+            "</body/>",
+            "</body x=\">\">",
+            "<body/>",
+            "<html>",
+            "</html>",
+            "<head>",
+            "</head>",
+            "<div>",
+            "</div>",
+            "<DIV class=a>",
+            "<p>",
+            "</p>",
+            "<br>",
+            "</br>",
+            "<img src=x>",
+            "<img alt='>'>",
+            "<input value=\"a>b\">",
+            "<a href=x>",
+            "</a>",
+            "<a b\"c=\">\">",
+            "<a =b>",
+            "<a b=>",
+            "<a b= >",
+            "<a b = 'c'>",
+            "<a/b>",
+            "<a /=x>",
+            "<a b=c/>",
+            "<a\rb\x0Cc>",
+            "<!-- x -->",
+            "<!-->",
+            "<!--->",
+            "<!---->",
+            "<!--!>",
+            "<!-- --!>",
+            "<!-- <!-- -->",
+            "<!--",
+            "-->",
+            "--!>",
+            "--",
+            "<!-- a --!-->",
+            "<!-",
+            "<!x>",
+            "<!DOCTYPE html>",
+            "<!doctype html public \"a>b\">",
+            "<![CDATA[x]]>",
+            "<?xml ?>",
+            "</>",
+            "</ x>",
+            "</3>",
+            "</",
+            "<script>",
+            "</script>",
+            "<SCRIPT type=x>",
+            "</script >",
+            "</script\n>",
+            "</scripty>",
+            "<script/>",
+            "<script a=>",
+            "<!--<script>",
+            "var s='</body>';",
+            "<script id=other>",
+            "<script ID='x' id=operator-chat-panel-script>",
+            "<style>",
+            "</style>",
+            "<textarea>",
+            "</textarea>",
+            "<title>",
+            "</title>",
+            "<xmp>",
+            "</xmp>",
+            "<noscript>",
+            "</noscript>",
+            "<iframe>",
+            "</iframe>",
+            "<noembed>",
+            "</noembed>",
+            "<noframes>",
+            "</noframes>",
+            "<template>",
+            "</template>",
+            "<svg>",
+            "</svg>",
+            "<svg/>",
+            "<math>",
+            "</math>",
+            "<foreignObject>",
+            "<desc>",
+            "<o:p>",
+            "</o:p>",
+            "<my-widget>",
+            "</my-widget>",
+            "<a.b>",
+            "<x_y>",
+            "<veryveryverylongcustomelementname-abc>",
+            "<h1>",
+            "</h1>",
+            "<",
+            ">",
+            "\"",
+            "'",
+            "=",
+            "/",
+            " ",
+            "\n",
+            "\r",
+            "\t",
+            "\x0C",
+            "-",
+            "!",
+            "?",
+            "<<",
+            "<</",
+            "<!<",
+            "&lt;",
+            "é",
+            "\u{0}",
+        ];
+        prop_oneof![
+            8 => proptest::sample::select(FIXED).prop_map(|s| s.as_bytes().to_vec()),
+            1 => Just(format!("<script id=\"{ID}\"></script>").into_bytes()),
+            1 => Just(b"<frameset>".to_vec()),
+            1 => Just(b"<plaintext>".to_vec()),
+            2 => proptest::collection::vec(any::<u8>(), 0..6),
+            2 => "[a-z ]{0,6}".prop_map(String::into_bytes),
+        ]
+    }
+
+    fn document() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(piece(), 0..48).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fast_path_gives_the_same_bytes_as_lol_html(
+            doc in document(),
+            sizes in proptest::collection::vec(1usize..40, 1..5),
+        ) {
+            assert_same_paths(&doc, &sizes);
+            assert_same_paths(&doc, &[usize::MAX]);
         }
     }
 }

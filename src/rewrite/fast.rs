@@ -1,0 +1,657 @@
+//! The fast path: finds the insertion point of an ordinary page at memory
+//! speed, copying nothing, and hands the page to lol_html at the first thing it
+//! does not fully understand.
+//!
+//! It mirrors what the lol_html path does for the subset of HTML it accepts:
+//! lol_html's tokenizer states (data, tags and their attributes, comments,
+//! doctype and bogus comments, raw text, RCDATA and script data) and its
+//! element stack, which only records names (every start tag pushes, except
+//! void elements; an end tag pops up to the nearest element of that name).
+//! The snippet goes before a `</body>` that finds a `<body>` on that stack.
+//!
+//! It hands over at `<svg>`, `<math>`, `<template>`, `<frameset>`, `<plaintext>`,
+//! `<!--` inside a script, odd tag names, self-closing raw-text tags, very deep
+//! nesting or a tag longer than [`MAX_TAG`]. Hand-over happens at the `<` of
+//! that construct, where lol_html, started fresh and fed one start tag per
+//! element on the stack (output discarded), is in exactly the state it would
+//! have reached by reading the page from the top. The differential property
+//! test in `tests.rs` holds both paths to the same output bytes.
+
+use bytes::{Bytes, BytesMut};
+use memchr::memchr;
+
+/// A tag longer than this is left to lol_html, which can stream past tags it
+/// does not need without buffering them; we would have to hold it back.
+pub(super) const MAX_TAG: usize = 16 * 1024;
+/// Deeper element stacks are left to lol_html (and its memory limit).
+const MAX_DEPTH: usize = 512;
+/// Longer tag names are left to lol_html.
+const MAX_NAME: usize = 24;
+
+/// A lower-cased tag name of ASCII letters, digits and `-`, `_`, `:`, `.`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Name {
+    len: u8,
+    bytes: [u8; MAX_NAME],
+}
+
+impl Name {
+    /// `None` for names the fast path does not handle.
+    fn new(raw: &[u8]) -> Option<Name> {
+        if raw.is_empty() || raw.len() > MAX_NAME {
+            return None;
+        }
+        let mut bytes = [0; MAX_NAME];
+        for (to, &b) in bytes.iter_mut().zip(raw) {
+            *to = NAME_BYTE[usize::from(b)];
+            if *to == 0 {
+                return None;
+            }
+        }
+        // `raw.len() <= MAX_NAME` (24), so it fits in a u8.
+        Some(Name {
+            len: raw.len() as u8,
+            bytes,
+        })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    fn is(&self, name: &[u8]) -> bool {
+        self.as_bytes() == name
+    }
+}
+
+/// Tag name bytes the fast path accepts, lower-cased; 0 for the others.
+static NAME_BYTE: [u8; 256] = {
+    let mut t = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b':' | b'.') {
+            t[b] = c.to_ascii_lowercase();
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Elements lol_html never pushes onto its stack (HTML void elements).
+fn is_void(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"area"
+            | b"base"
+            | b"basefont"
+            | b"bgsound"
+            | b"br"
+            | b"col"
+            | b"embed"
+            | b"hr"
+            | b"img"
+            | b"input"
+            | b"keygen"
+            | b"link"
+            | b"meta"
+            | b"param"
+            | b"source"
+            | b"track"
+            | b"wbr"
+    )
+}
+
+/// How the text after a start tag is tokenized.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RawKind {
+    Script,
+    /// RCDATA and RAWTEXT end the same way; neither has escapes.
+    Text,
+}
+
+fn raw_kind(name: &[u8]) -> Option<RawKind> {
+    match name {
+        b"script" => Some(RawKind::Script),
+        b"textarea" | b"title" | b"style" | b"iframe" | b"xmp" | b"noembed" | b"noframes"
+        | b"noscript" => Some(RawKind::Text),
+        _ => None,
+    }
+}
+
+/// Start tags that change the rules (foreign content, template contents) or
+/// that decide the page (frameset, plaintext): lol_html's business.
+fn hands_over(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"svg" | b"math" | b"template" | b"frameset" | b"plaintext"
+    )
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b'\x0C')
+}
+
+/// Where the tokenizer is between chunks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Text {
+    Data,
+    /// Inside `<!-- -->`; held-back bytes are comment text.
+    Comment,
+    /// Inside a doctype, `<!…>`, `<?…>` or `</…>` bogus comment: ends at `>`.
+    Bogus,
+    /// Inside the text of a raw-text element (its name is the stack top).
+    Raw(RawKind),
+}
+
+/// What a call to [`Scanner::feed`] decided.
+pub(super) enum Step {
+    /// All input consumed; nothing decided yet.
+    More,
+    /// The snippet went in; everything else passed through.
+    Injected,
+    /// The page already carries the widget; everything passed through.
+    AlreadyPresent,
+    /// Continue with lol_html: feed it `replay` (and discard that output), then `rest`.
+    Handoff { replay: Vec<u8>, rest: Bytes },
+}
+
+/// The fast path's state for one response.
+pub(super) struct Scanner {
+    stack: Vec<Name>,
+    text: Text,
+    /// Bytes of an unfinished construct (from its `<`), or the last few bytes
+    /// of a comment, carried to the next chunk.
+    pending: BytesMut,
+    script_id: Box<[u8]>,
+}
+
+/// How a scan of one buffer ended.
+enum Scan {
+    /// Consumed up to `keep`; bytes from there are carried over.
+    Hold(usize),
+    Inject(usize),
+    AlreadyPresent,
+    Handoff(usize),
+}
+
+impl Scanner {
+    pub(super) fn new(script_id: &str) -> Self {
+        Scanner {
+            stack: Vec::new(),
+            text: Text::Data,
+            pending: BytesMut::new(),
+            script_id: script_id.as_bytes().into(),
+        }
+    }
+
+    /// Scan one chunk, handing output (slices of the input) to `out`.
+    pub(super) fn feed(&mut self, chunk: Bytes, snippet: &str, out: &mut dyn FnMut(Bytes)) -> Step {
+        let buf = if self.pending.is_empty() {
+            chunk
+        } else {
+            // An unfinished construct continues here; join it to this chunk in
+            // a buffer of its own so `pending` stays small.
+            let mut joined = BytesMut::with_capacity(self.pending.len() + chunk.len());
+            joined.extend_from_slice(&self.pending);
+            joined.extend_from_slice(&chunk);
+            self.pending.clear();
+            joined.freeze()
+        };
+        match self.scan(&buf) {
+            Scan::Hold(keep) => {
+                emit(out, buf.slice(..keep));
+                self.pending.extend_from_slice(&buf[keep..]);
+                Step::More
+            }
+            Scan::Inject(at) => {
+                emit(out, buf.slice(..at));
+                out(Bytes::copy_from_slice(snippet.as_bytes()));
+                emit(out, buf.slice(at..));
+                Step::Injected
+            }
+            Scan::AlreadyPresent => {
+                emit(out, buf);
+                Step::AlreadyPresent
+            }
+            Scan::Handoff(at) => {
+                emit(out, buf.slice(..at));
+                let mut replay = Vec::with_capacity(self.stack.len() * 8);
+                for name in &self.stack {
+                    replay.push(b'<');
+                    replay.extend_from_slice(name.as_bytes());
+                    replay.push(b'>');
+                }
+                Step::Handoff {
+                    replay,
+                    rest: buf.slice(at..),
+                }
+            }
+        }
+    }
+
+    /// Bytes held for the next chunk (tests check memory stays flat).
+    #[cfg(test)]
+    pub(super) fn pending_len(&self) -> usize {
+        self.pending.capacity()
+    }
+
+    /// End of the page: what was held back goes out as it is, then the snippet
+    /// (lol_html's document-end fallback does the same).
+    pub(super) fn finish(&mut self, snippet: &str, out: &mut dyn FnMut(Bytes)) {
+        emit(out, self.pending.split().freeze());
+        out(Bytes::copy_from_slice(snippet.as_bytes()));
+    }
+
+    fn scan(&mut self, buf: &[u8]) -> Scan {
+        let mut pos = 0;
+        loop {
+            let step = match self.text {
+                Text::Data => self.data(buf, pos),
+                Text::Comment => self.comment(buf, pos, pos),
+                Text::Bogus => match memchr(b'>', &buf[pos..]) {
+                    Some(i) => {
+                        self.text = Text::Data;
+                        Ok(pos + i + 1)
+                    }
+                    None => Err(Scan::Hold(buf.len())),
+                },
+                Text::Raw(kind) => self.raw(buf, pos, kind),
+            };
+            match step {
+                Ok(next) => pos = next,
+                Err(scan) => return scan,
+            }
+        }
+    }
+
+    /// Data state from `pos`: returns where to continue, or how the scan ends.
+    fn data(&mut self, buf: &[u8], pos: usize) -> Result<usize, Scan> {
+        let Some(i) = memchr(b'<', &buf[pos..]) else {
+            return Err(Scan::Hold(buf.len()));
+        };
+        let lt = pos + i;
+        let hold = || hold_from(buf, lt);
+        let Some(&next) = buf.get(lt + 1) else {
+            return Err(hold());
+        };
+        match next {
+            b'a'..=b'z' | b'A'..=b'Z' => self.tag(buf, lt, false),
+            b'/' => match buf.get(lt + 2) {
+                None => Err(hold()),
+                Some(b'a'..=b'z' | b'A'..=b'Z') => self.tag(buf, lt, true),
+                // `</>` is dropped by the tokenizer; the bytes pass through.
+                Some(b'>') => Ok(lt + 3),
+                Some(_) => {
+                    self.text = Text::Bogus;
+                    Ok(lt + 2)
+                }
+            },
+            b'!' => {
+                let Some(rest) = buf.get(lt + 2..lt + 4) else {
+                    // `<!` or `<!-`: comment or not depends on the next bytes.
+                    return match buf.get(lt + 2) {
+                        Some(b'-') | None => Err(hold()),
+                        Some(_) => {
+                            self.text = Text::Bogus;
+                            Ok(lt + 2)
+                        }
+                    };
+                };
+                if rest != b"--" {
+                    // Doctype, `<![CDATA[` outside foreign content, or a bogus
+                    // comment: all end at the first `>`.
+                    self.text = Text::Bogus;
+                    return Ok(lt + 2);
+                }
+                let start = lt + 4;
+                // `<!-->` and `<!--->` are complete comments.
+                match (buf.get(start), buf.get(start + 1)) {
+                    (None, _) | (Some(b'-'), None) => Err(hold()),
+                    (Some(b'>'), _) => Ok(start + 1),
+                    (Some(b'-'), Some(b'>')) => Ok(start + 2),
+                    _ => {
+                        self.text = Text::Comment;
+                        self.comment(buf, start, start)
+                    }
+                }
+            }
+            b'?' => {
+                self.text = Text::Bogus;
+                Ok(lt + 2)
+            }
+            // Not markup: `<` is text, and the next byte starts afresh.
+            _ => Ok(lt + 1),
+        }
+    }
+
+    /// Comment text from `pos`; `start` is where its text began in `buf`. The
+    /// comment ends at the first `>` after `--` or `--!` inside that text.
+    fn comment(&mut self, buf: &[u8], pos: usize, start: usize) -> Result<usize, Scan> {
+        let mut from = pos;
+        while let Some(i) = memchr(b'>', &buf[from..]) {
+            let gt = from + i;
+            let text = &buf[start..gt];
+            if text.ends_with(b"--") || text.ends_with(b"--!") {
+                self.text = Text::Data;
+                return Ok(gt + 1);
+            }
+            from = gt + 1;
+        }
+        // Keep the last three bytes of text: they may begin `--!>`.
+        Err(Scan::Hold(buf.len().saturating_sub(3).max(start)))
+    }
+
+    /// Raw text of the element on top of the stack, from `pos`.
+    fn raw(&mut self, buf: &[u8], mut pos: usize, kind: RawKind) -> Result<usize, Scan> {
+        let Some(name) = self.stack.last().copied() else {
+            // Unreachable: raw text is only entered after pushing its element.
+            return Err(Scan::Handoff(pos));
+        };
+        let name = name.as_bytes();
+        loop {
+            let Some(i) = memchr(b'<', &buf[pos..]) else {
+                return Err(Scan::Hold(buf.len()));
+            };
+            let lt = pos + i;
+            match buf.get(lt + 1) {
+                None => return Err(hold_from(buf, lt)),
+                Some(b'/') => {
+                    // An end tag only if the name is this element's and is
+                    // followed by space, `/` or `>`; anything else is text.
+                    let after = lt + 2 + name.len();
+                    let avail = &buf[(lt + 2).min(buf.len())..after.min(buf.len())];
+                    if !avail.eq_ignore_ascii_case(&name[..avail.len()]) {
+                        pos = lt + 1;
+                        continue;
+                    }
+                    match buf.get(after) {
+                        None => return Err(hold_from(buf, lt)),
+                        Some(&b) if is_space(b) || b == b'/' || b == b'>' => {
+                            return self.tag(buf, lt, true);
+                        }
+                        Some(_) => pos = lt + 1,
+                    }
+                }
+                Some(b'!') if kind == RawKind::Script => match buf.get(lt + 2..lt + 4) {
+                    // `<!--` starts the escaped script states: lol_html's job.
+                    Some(b"--") => return Err(Scan::Handoff(lt)),
+                    Some(_) => pos = lt + 1,
+                    None if buf.get(lt + 2).is_some_and(|&b| b != b'-') => pos = lt + 1,
+                    None => return Err(hold_from(buf, lt)),
+                },
+                Some(_) => pos = lt + 1,
+            }
+        }
+    }
+
+    /// A start or end tag at `lt` (its name starts with a letter).
+    fn tag(&mut self, buf: &[u8], lt: usize, is_end: bool) -> Result<usize, Scan> {
+        let name_start = lt + 1 + usize::from(is_end);
+        let name_end = skip(buf, name_start, |c| c == OTHER || c == EQ);
+        if name_end >= buf.len() {
+            return Err(hold_from(buf, lt));
+        }
+        let Some(name) = Name::new(&buf[name_start..name_end]) else {
+            return Err(Scan::Handoff(lt));
+        };
+        // Only raw-text start tags (scripts among them) need their attributes
+        // read; for the rest, finding the closing `>` is enough.
+        let detailed = !is_end && raw_kind(name.as_bytes()).is_some();
+        let tag = match finish_tag(buf, name_end, detailed) {
+            Parsed::Incomplete => return Err(hold_from(buf, lt)),
+            Parsed::Tag(tag) => tag,
+        };
+        if is_end {
+            if name.is(b"body") && self.stack.iter().any(|n| n.is(b"body")) {
+                return Err(Scan::Inject(lt));
+            }
+            if let Some(at) = self.stack.iter().rposition(|n| *n == name) {
+                self.stack.truncate(at);
+            }
+            self.text = Text::Data;
+            return Ok(tag.end);
+        }
+        let raw = raw_kind(name.as_bytes());
+        if hands_over(name.as_bytes())
+            || (raw.is_some() && (tag.self_closing || tag.ended_before_value))
+            || self.stack.len() >= MAX_DEPTH
+        {
+            return Err(Scan::Handoff(lt));
+        }
+        if name.is(b"script")
+            && let Some((from, to)) = tag.id
+            && buf[from..to] == *self.script_id
+        {
+            return Err(Scan::AlreadyPresent);
+        }
+        if !is_void(name.as_bytes()) {
+            self.stack.push(name);
+        }
+        if let Some(kind) = raw {
+            self.text = Text::Raw(kind);
+        }
+        Ok(tag.end)
+    }
+}
+
+/// Keep everything from `at` for the next chunk, unless that is already more
+/// than a tag may be: then lol_html takes over from `at`.
+fn hold_from(buf: &[u8], at: usize) -> Scan {
+    if buf.len() - at > MAX_TAG {
+        Scan::Handoff(at)
+    } else {
+        Scan::Hold(at)
+    }
+}
+
+fn emit(out: &mut dyn FnMut(Bytes), bytes: Bytes) {
+    if !bytes.is_empty() {
+        out(bytes);
+    }
+}
+
+// Byte classes for the tag states' inner loops (quotes count as `OTHER`:
+// they only mean something right after `=`).
+const OTHER: u8 = 0;
+const SPACE: u8 = 1;
+const SLASH: u8 = 2;
+const GT: u8 = 3;
+const EQ: u8 = 4;
+
+static CLASS: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    t[b' ' as usize] = SPACE;
+    t[b'\n' as usize] = SPACE;
+    t[b'\r' as usize] = SPACE;
+    t[b'\t' as usize] = SPACE;
+    t[0x0C] = SPACE;
+    t[b'/' as usize] = SLASH;
+    t[b'>' as usize] = GT;
+    t[b'=' as usize] = EQ;
+    t
+};
+
+/// The first index from `p` whose byte class fails `keep` (or the end).
+#[inline]
+fn skip(buf: &[u8], p: usize, keep: impl Fn(u8) -> bool) -> usize {
+    buf[p.min(buf.len())..]
+        .iter()
+        .position(|&b| !keep(CLASS[usize::from(b)]))
+        .map_or(buf.len(), |i| p + i)
+}
+
+/// A complete tag: where it ends, how, and its first `id`.
+struct Tag {
+    /// Index after the closing `>`.
+    end: usize,
+    self_closing: bool,
+    /// Closed by `>` right after `=`: lol_html then stays in the data state
+    /// even after a raw-text start tag.
+    ended_before_value: bool,
+    /// Value of the first `id` attribute (empty range when it has none).
+    id: Option<(usize, usize)>,
+}
+
+enum Parsed {
+    Incomplete,
+    Tag(Tag),
+}
+
+#[derive(Clone, Copy)]
+enum Attr {
+    Before,
+    Name,
+    AfterName,
+    BeforeValue,
+    Quoted(u8),
+    Unquoted,
+    SelfClosing,
+}
+
+/// The rest of a tag whose name ends at `p`. Without quotes in it, the first
+/// `>` closes the tag whatever the attributes look like (only a quoted value
+/// can contain `>`); otherwise, and when `detailed`, lol_html's states decide.
+fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
+    if !detailed {
+        let Some(i) = memchr(b'>', &buf[p..]) else {
+            return Parsed::Incomplete;
+        };
+        if memchr::memchr2(b'"', b'\'', &buf[p..p + i]).is_none() {
+            return Parsed::Tag(Tag {
+                end: p + i + 1,
+                self_closing: false,
+                ended_before_value: false,
+                id: None,
+            });
+        }
+    }
+    parse_attributes(buf, p)
+}
+
+/// lol_html's attribute states (`syntax/tag`), from the end of the tag name at `p`.
+fn parse_attributes(buf: &[u8], mut p: usize) -> Parsed {
+    let mut tag = Tag {
+        end: 0,
+        self_closing: false,
+        ended_before_value: false,
+        id: None,
+    };
+    let mut state = Attr::Before;
+    // The attribute being read: its name, and where its value starts.
+    let mut attr_name = (0, 0);
+    let mut value_start = 0;
+    let finish = |tag: &mut Tag, name: (usize, usize), value: (usize, usize)| {
+        if tag.id.is_none() && buf[name.0..name.1].eq_ignore_ascii_case(b"id") {
+            tag.id = Some(value);
+        }
+    };
+    while p < buf.len() {
+        // Runs of name and value bytes are most of a tag: skip them in a tight loop.
+        match state {
+            Attr::Name => p = skip(buf, p, |c| c == OTHER),
+            Attr::Unquoted => p = skip(buf, p, |c| c == OTHER || c == EQ || c == SLASH),
+            _ => {}
+        }
+        let Some(&b) = buf.get(p) else {
+            break;
+        };
+        match state {
+            Attr::Before => match b {
+                _ if is_space(b) => {}
+                b'/' => state = Attr::SelfClosing,
+                b'>' => break,
+                _ => {
+                    attr_name = (p, p);
+                    state = Attr::Name;
+                }
+            },
+            Attr::Name => match b {
+                _ if is_space(b) => {
+                    attr_name.1 = p;
+                    state = Attr::AfterName;
+                }
+                b'=' => {
+                    attr_name.1 = p;
+                    state = Attr::BeforeValue;
+                }
+                b'/' | b'>' => {
+                    attr_name.1 = p;
+                    finish(&mut tag, attr_name, (p, p));
+                    if b == b'>' {
+                        break;
+                    }
+                    state = Attr::SelfClosing;
+                }
+                _ => {}
+            },
+            Attr::AfterName => match b {
+                _ if is_space(b) => {}
+                b'/' => {
+                    finish(&mut tag, attr_name, (p, p));
+                    state = Attr::SelfClosing;
+                }
+                b'=' => state = Attr::BeforeValue,
+                b'>' => {
+                    finish(&mut tag, attr_name, (p, p));
+                    break;
+                }
+                _ => {
+                    finish(&mut tag, attr_name, (p, p));
+                    attr_name = (p, p);
+                    state = Attr::Name;
+                }
+            },
+            Attr::BeforeValue => match b {
+                _ if is_space(b) => {}
+                b'"' | b'\'' => {
+                    value_start = p + 1;
+                    state = Attr::Quoted(b);
+                }
+                b'>' => {
+                    finish(&mut tag, attr_name, (p, p));
+                    tag.ended_before_value = true;
+                    break;
+                }
+                _ => {
+                    value_start = p;
+                    state = Attr::Unquoted;
+                }
+            },
+            Attr::Quoted(q) => match memchr(q, &buf[p..]) {
+                Some(i) => {
+                    p += i;
+                    finish(&mut tag, attr_name, (value_start, p));
+                    state = Attr::Before;
+                }
+                None => return Parsed::Incomplete,
+            },
+            Attr::Unquoted => match b {
+                _ if is_space(b) => {
+                    finish(&mut tag, attr_name, (value_start, p));
+                    state = Attr::Before;
+                }
+                b'>' => {
+                    finish(&mut tag, attr_name, (value_start, p));
+                    break;
+                }
+                _ => {}
+            },
+            Attr::SelfClosing => {
+                if b == b'>' {
+                    tag.self_closing = true;
+                    break;
+                }
+                // Reconsume in the before-attribute-name state.
+                state = Attr::Before;
+                continue;
+            }
+        }
+        p += 1;
+    }
+    if p >= buf.len() {
+        return Parsed::Incomplete;
+    }
+    tag.end = p + 1;
+    Parsed::Tag(tag)
+}
