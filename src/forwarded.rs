@@ -50,16 +50,47 @@ pub struct ClientInfo {
 
 /// Set `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` for the upstream,
 /// and return what the proxy believes about the client.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto: &str, host: &str) -> ClientInfo {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    proto: &str,
+    host: &str,
+) -> ClientInfo {
     let peer_s = match peer {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| v4.to_string()).unwrap_or_else(|| v6.to_string()),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(|v4| v4.to_string())
+            .unwrap_or_else(|| v6.to_string()),
         v4 => v4.to_string(),
     };
-    let prior_xff = if trusted { joined(headers, "x-forwarded-for") } else { None };
-    let prior_proto = if trusted { first(headers, "x-forwarded-proto") } else { None };
-    let prior_host = if trusted { first(headers, "x-forwarded-host") } else { None };
-    let prior_fwd = if trusted { joined(headers, "forwarded") } else { None };
-    for n in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"] {
+    let prior_xff = if trusted {
+        joined(headers, "x-forwarded-for")
+    } else {
+        None
+    };
+    let prior_proto = if trusted {
+        first(headers, "x-forwarded-proto")
+    } else {
+        None
+    };
+    let prior_host = if trusted {
+        first(headers, "x-forwarded-host")
+    } else {
+        None
+    };
+    let prior_fwd = if trusted {
+        joined(headers, "forwarded")
+    } else {
+        None
+    };
+    for n in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ] {
         headers.remove(n);
     }
 
@@ -71,7 +102,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto
         .unwrap_or_else(|| peer_s.clone());
     let info = ClientInfo {
         ip: client_ip,
-        proto: prior_proto.filter(|p| p == "http" || p == "https").unwrap_or_else(|| proto.to_owned()),
+        proto: prior_proto
+            .filter(|p| p == "http" || p == "https")
+            .unwrap_or_else(|| proto.to_owned()),
         host: prior_host.unwrap_or_else(|| host.to_owned()),
     };
 
@@ -79,8 +112,16 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto
         Some(p) => format!("{p}, {peer_s}"),
         None => peer_s.clone(),
     };
-    let for_node = if peer_s.contains(':') { format!("\"[{peer_s}]\"") } else { peer_s };
-    let this_hop = format!("for={for_node};host=\"{}\";proto={}", info.host.replace('"', ""), proto);
+    let for_node = if peer_s.contains(':') {
+        format!("\"[{peer_s}]\"")
+    } else {
+        peer_s
+    };
+    let this_hop = format!(
+        "for={for_node};host=\"{}\";proto={}",
+        info.host.replace('"', ""),
+        proto
+    );
     let fwd = match prior_fwd {
         Some(p) => format!("{p}, {this_hop}"),
         None => this_hop,
@@ -99,12 +140,22 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto
 }
 
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let parts: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    let parts: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 fn first(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or("").trim().to_ascii_lowercase())
+    headers.get(name).and_then(|v| v.to_str().ok()).map(|v| {
+        v.split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    })
 }
 
 #[cfg(test)]
@@ -114,12 +165,17 @@ mod tests {
     #[test]
     fn headers_named_in_connection_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
-        assert!(h.get("x-secret").is_none() && h.get("te").is_none() && h.get("connection").is_none());
+        assert!(
+            h.get("x-secret").is_none() && h.get("te").is_none() && h.get("connection").is_none()
+        );
         assert!(h.get("x-keep").is_some());
     }
 
@@ -128,7 +184,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
-        let info = set_forwarded(&mut h, "127.0.0.3".parse().unwrap(), false, "http", "site.test");
+        let info = set_forwarded(
+            &mut h,
+            "127.0.0.3".parse().unwrap(),
+            false,
+            "http",
+            "site.test",
+        );
         assert_eq!(h["x-forwarded-for"], "127.0.0.3");
         assert_eq!(h["x-forwarded-host"], "site.test");
         assert_eq!(info.ip, "127.0.0.3");
@@ -139,7 +201,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let info = set_forwarded(&mut h, "127.0.0.2".parse().unwrap(), true, "http", "site.test");
+        let info = set_forwarded(
+            &mut h,
+            "127.0.0.2".parse().unwrap(),
+            true,
+            "http",
+            "site.test",
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.2");
         assert_eq!(info.proto, "https");
         assert_eq!(info.ip, "1.2.3.4");

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "chathub-proxy", version, about = "Adds the ChatHub chat panel to every HTML page of a site, as a streaming reverse proxy")]
+#[command(
+    name = "chathub-proxy",
+    version,
+    about = "Adds the ChatHub chat panel to every HTML page of a site, as a streaming reverse proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -52,7 +56,12 @@ fn main() -> ExitCode {
         // The demo account's password travels the way real ones do, through
         // the environment. Set before the runtime starts any thread.
         // SAFETY: single-threaded at this point; nothing reads the environment concurrently.
-        unsafe { std::env::set_var(chathub_proxy::demo::DEMO_PASSWORD_ENV, chathub_proxy::demo::DEMO_PASSWORD) };
+        unsafe {
+            std::env::set_var(
+                chathub_proxy::demo::DEMO_PASSWORD_ENV,
+                chathub_proxy::demo::DEMO_PASSWORD,
+            )
+        };
     }
     // `run` reads its config before the runtime exists, so that
     // server.worker_threads can size it.
@@ -108,12 +117,20 @@ async fn dispatch(cli: Cli, preloaded: Option<Config>) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Emulator { listen, seed } => {
-            telemetry::init(&config::LogConfig { format: config::LogFormat::Text, filter: "info".into() });
-            run_emulator(listen, seed.as_deref()).await.context("emulator")?;
+            telemetry::init(&config::LogConfig {
+                format: config::LogFormat::Text,
+                filter: "info".into(),
+            });
+            run_emulator(listen, seed.as_deref())
+                .await
+                .context("emulator")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen } => {
-            telemetry::init(&config::LogConfig { format: config::LogFormat::Text, filter: "info".into() });
+            telemetry::init(&config::LogConfig {
+                format: config::LogFormat::Text,
+                filter: "info".into(),
+            });
             run_demo(listen).await.context("demo")?;
             Ok(ExitCode::SUCCESS)
         }
@@ -137,35 +154,65 @@ fn describe(cfg: &Config) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "configuration OK");
-    let _ = writeln!(s, "listen: {}", cfg.server.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
-    let _ = writeln!(s, "admin: {}", cfg.admin_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into()));
+    let _ = writeln!(
+        s,
+        "listen: {}",
+        cfg.server
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "admin: {}",
+        cfg.admin_listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into())
+    );
     let _ = writeln!(s, "widget: {}", cfg.inject.widget_url);
     for a in &cfg.accounts {
         let _ = writeln!(s, "account {}: {} {:?}", a.name, a.base_url, a.credentials);
     }
     for (i, r) in cfg.routes.iter().enumerate() {
         let hosts: Vec<String> = r.hosts.iter().map(|h| h.to_string()).collect();
-        let default = if cfg.default_route == Some(i) { " (default)" } else { "" };
+        let default = if cfg.default_route == Some(i) {
+            " (default)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
             "route {}{}: hosts [{}] path {} -> {} inject={} preserve_host={}",
             r.name,
             default,
             hosts.join(", "),
-            if r.path_prefix.is_empty() { "/" } else { &r.path_prefix },
+            if r.path_prefix.is_empty() {
+                "/"
+            } else {
+                &r.path_prefix
+            },
             r.upstream,
             r.inject,
             r.preserve_host
         );
         if let Some(chat) = &r.chat {
-            let _ = writeln!(s, "  chat: account {} organization {:?} operator {:?}", chat.account.name, chat.organization, chat.operator);
+            let _ = writeln!(
+                s,
+                "  chat: account {} organization {:?} operator {:?}",
+                chat.account.name, chat.organization, chat.operator
+            );
         }
     }
     s
 }
 
 /// The `emulator` command: serve until Ctrl-C or SIGTERM.
-async fn run_emulator(listen: std::net::SocketAddr, seed: Option<&std::path::Path>) -> anyhow::Result<()> {
+async fn run_emulator(
+    listen: std::net::SocketAddr,
+    seed: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     use chathub_proxy::emulator::{Emulator, Seed};
     let seed = match seed {
         Some(p) => Seed::from_file(p)?,
@@ -180,17 +227,26 @@ async fn run_emulator(listen: std::net::SocketAddr, seed: Option<&std::path::Pat
 
 /// The `demo` command: emulator, demo site and proxy on loopback.
 async fn run_demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
-    use chathub_proxy::{demo, emulator::{Emulator, Seed}};
+    use chathub_proxy::{
+        demo,
+        emulator::{Emulator, Seed},
+    };
     let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     let emu = Emulator::start(loopback, Seed::demo()).await?;
     let (site_addr, site) = demo::start_demo_site(loopback).await?;
     let cfg = config::from_toml_str(&demo::demo_config_toml(site_addr, &emu, listen))?;
     let running = server::start(cfg).await?;
-    let url = format!("http://{}/", running.addrs.first().copied().unwrap_or(listen));
+    let url = format!(
+        "http://{}/",
+        running.addrs.first().copied().unwrap_or(listen)
+    );
     println!();
     println!("  chathub-proxy demo is running.");
     println!("  Open {url} in a browser: the demo site, through the proxy, with the chat panel.");
-    println!("  ChatHub is played by the local EMULATOR at {} (not the real service).", emu.url());
+    println!(
+        "  ChatHub is played by the local EMULATOR at {} (not the real service).",
+        emu.url()
+    );
     println!("  Ctrl-C stops it.");
     println!();
     shutdown_signal().await?;
@@ -220,12 +276,22 @@ async fn mint_for(cfg: Config, target: &str) -> anyhow::Result<String> {
         None => (target.to_owned(), "/".to_owned()),
     };
     let routes = RouteTable::new(&cfg);
-    let route = routes.lookup(&host, &path).cloned().with_context(|| format!("no route for {host}{path}"))?;
+    let route = routes
+        .lookup(&host, &path)
+        .cloned()
+        .with_context(|| format!("no route for {host}{path}"))?;
     let tokens = Tokens::new(&cfg, std::sync::Arc::new(Metrics::new()))?;
     tokens.resolve().await?;
     let issued = tokens
         .token_for(&route, &session::new_id(), None)
         .await
-        .map_err(|e| anyhow::anyhow!("no token for route `{}`: {e} ({})", route.name, e.reason()))?;
-    Ok(format!("route: {}\nexpires_at: {}\ntoken: {}", route.name, issued.expires_at, issued.token.expose()))
+        .map_err(|e| {
+            anyhow::anyhow!("no token for route `{}`: {e} ({})", route.name, e.reason())
+        })?;
+    Ok(format!(
+        "route: {}\nexpires_at: {}\ntoken: {}",
+        route.name,
+        issued.expires_at,
+        issued.token.expose()
+    ))
 }

@@ -54,41 +54,105 @@ impl Metrics {
         let token_events = Family::<ReasonLabels, Counter>::default();
         let breaker_open = Gauge::default();
         let connections = Gauge::default();
-        registry.register("requests", "Requests answered, by route and status", requests.clone());
-        registry.register("inject", "HTML responses by outcome (injected/skipped) and reason", inject.clone());
-        registry.register("rewrite_failures", "Rewriter bail-outs; the rest of the page passed through unchanged", rewrite_failures.clone());
-        registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
-        registry.register("token_events", "Token cache and ChatHub API events", token_events.clone());
-        registry.register("breaker_open", "1 while the ChatHub circuit breaker is open", breaker_open.clone());
-        registry.register("open_connections", "Client connections currently open", connections.clone());
-        Metrics { registry, requests, inject, rewrite_failures, upstream_errors, token_events, breaker_open, connections }
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "inject",
+            "HTML responses by outcome (injected/skipped) and reason",
+            inject.clone(),
+        );
+        registry.register(
+            "rewrite_failures",
+            "Rewriter bail-outs; the rest of the page passed through unchanged",
+            rewrite_failures.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "token_events",
+            "Token cache and ChatHub API events",
+            token_events.clone(),
+        );
+        registry.register(
+            "breaker_open",
+            "1 while the ChatHub circuit breaker is open",
+            breaker_open.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections currently open",
+            connections.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            inject,
+            rewrite_failures,
+            upstream_errors,
+            token_events,
+            breaker_open,
+            connections,
+        }
     }
 
     pub fn request(&self, route: &str, status: u16) {
-        self.requests.get_or_create(&RequestLabels { route: route.to_owned(), status }).inc();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
     }
 
     /// Count a page that got the widget.
     pub fn injected(&self) {
-        self.inject.get_or_create(&OutcomeLabels { outcome: "injected".into(), reason: "".into() }).inc();
+        self.inject
+            .get_or_create(&OutcomeLabels {
+                outcome: "injected".into(),
+                reason: "".into(),
+            })
+            .inc();
     }
 
     /// Count a response that did not get the widget, and why.
     pub fn skipped(&self, reason: &str) {
-        self.inject.get_or_create(&OutcomeLabels { outcome: "skipped".into(), reason: reason.to_owned() }).inc();
+        self.inject
+            .get_or_create(&OutcomeLabels {
+                outcome: "skipped".into(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn rewrite_failure(&self, reason: &str) {
-        self.rewrite_failures.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+        self.rewrite_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn upstream_error(&self, reason: &str) {
-        self.upstream_errors.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+        self.upstream_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Token layer events: `hit`, `mint`, `mint_failed`, `budget_exceeded`, `breaker_open`, ...
     pub fn token_event(&self, event: &str) {
-        self.token_events.get_or_create(&ReasonLabels { reason: event.to_owned() }).inc();
+        self.token_events
+            .get_or_create(&ReasonLabels {
+                reason: event.to_owned(),
+            })
+            .inc();
     }
 
     pub fn set_breaker_open(&self, open: bool) {
@@ -105,16 +169,29 @@ impl Metrics {
 
     /// Current value of a token event counter (tests and `token` command).
     pub fn token_event_count(&self, event: &str) -> u64 {
-        self.token_events.get_or_create(&ReasonLabels { reason: event.to_owned() }).get()
+        self.token_events
+            .get_or_create(&ReasonLabels {
+                reason: event.to_owned(),
+            })
+            .get()
     }
 
     /// Current count of skipped responses for a reason.
     pub fn skipped_count(&self, reason: &str) -> u64 {
-        self.inject.get_or_create(&OutcomeLabels { outcome: "skipped".into(), reason: reason.to_owned() }).get()
+        self.inject
+            .get_or_create(&OutcomeLabels {
+                outcome: "skipped".into(),
+                reason: reason.to_owned(),
+            })
+            .get()
     }
 
     pub fn rewrite_failure_count(&self, reason: &str) -> u64 {
-        self.rewrite_failures.get_or_create(&ReasonLabels { reason: reason.to_owned() }).get()
+        self.rewrite_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .get()
     }
 
     /// Prometheus text exposition.

@@ -14,9 +14,9 @@ use crate::metrics::SharedMetrics;
 use crate::rewrite::{self, RewritePlan};
 use crate::route::{RouteTable, normalize_host};
 use crate::server::ServerError;
-use crate::tag::TagTemplate;
 use crate::session::{self, SessionId};
 use crate::snippet::{self, Snippet};
+use crate::tag::TagTemplate;
 use crate::token::{IssuedToken, TokenSkip, Tokens};
 use crate::upstream::Upstream;
 use bytes::Bytes;
@@ -52,10 +52,14 @@ pub struct State {
 impl State {
     /// Build the shared state from a validated config.
     pub async fn new(config: Arc<Config>, metrics: SharedMetrics) -> Result<State, ServerError> {
-        let tokens = Tokens::new(&config, metrics.clone()).map_err(|e| ServerError::Tokens(e.to_string()))?;
+        let tokens = Tokens::new(&config, metrics.clone())
+            .map_err(|e| ServerError::Tokens(e.to_string()))?;
         // Organization names are resolved now: an unknown name is a start-up
         // error naming the route; ChatHub being down is not.
-        tokens.resolve().await.map_err(|e| ServerError::Tokens(e.to_string()))?;
+        tokens
+            .resolve()
+            .await
+            .map_err(|e| ServerError::Tokens(e.to_string()))?;
         Ok(State {
             tokens,
             cookie_names: session::cookie_names(&config.session),
@@ -73,7 +77,11 @@ impl State {
 const X_CHATHUB_INJECT: HeaderName = HeaderName::from_static("x-chathub-inject");
 
 /// The service function: never fails, logs one line per request when its body ends.
-pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    state: Arc<State>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let span = tracing::info_span!(
         "request",
@@ -84,7 +92,10 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
         upstream = field::Empty,
     );
     let mut route_name: Option<String> = None;
-    let resp = match handle_inner(&state, peer, req, &span, &mut route_name).instrument(span.clone()).await {
+    let resp = match handle_inner(&state, peer, req, &span, &mut route_name)
+        .instrument(span.clone())
+        .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             let _g = span.enter();
@@ -95,7 +106,9 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
             e.into_response()
         }
     };
-    state.metrics.request(route_name.as_deref().unwrap_or("-"), resp.status().as_u16());
+    state
+        .metrics
+        .request(route_name.as_deref().unwrap_or("-"), resp.status().as_u16());
     let status = resp.status().as_u16();
     Ok(resp.map(|b| LoggedBody::wrap(b, span, status, start)))
 }
@@ -119,7 +132,11 @@ async fn handle_inner(
     let path = req.uri().path().to_owned();
 
     // 2. The route: config names every upstream we may dial.
-    let route = state.routes.lookup(&host, &path).ok_or(ProxyError::NoRoute)?.clone();
+    let route = state
+        .routes
+        .lookup(&host, &path)
+        .ok_or(ProxyError::NoRoute)?
+        .clone();
     span.record("route", route.name.as_str());
     span.record("upstream", field::display(&route.upstream));
     *route_name = Some(route.name.clone());
@@ -150,7 +167,8 @@ async fn handle_inner(
     }
     // Over HTTPS only the `__Host-` cookie counts: a plain one could have been
     // planted by a sibling subdomain or over plain HTTP.
-    let session_id = session::from_headers(&parts.headers, &session::cookie_name(&cfg.session, https));
+    let session_id =
+        session::from_headers(&parts.headers, &session::cookie_name(&cfg.session, https));
     let identity = crate::operator::identity_for(&route, &parts.headers, trusted);
     // The proxy's own cookie is none of the upstream's business.
     session::strip_from_request(&mut parts.headers, &state.cookie_names);
@@ -165,7 +183,9 @@ async fn handle_inner(
     forwarded::strip_hop_by_hop(&mut parts.headers);
     let _client = forwarded::set_forwarded(&mut parts.headers, peer.ip(), trusted, "http", &host);
     if let Some(proto) = &upgrade {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
     set_upstream_host(&mut parts.headers, &route, &host);
@@ -174,22 +194,30 @@ async fn handle_inner(
     // still picks h2 where a TLS upstream offers it.
     parts.version = Version::HTTP_11;
 
-    let page = match inject::check_request(&parts.method, &path, &parts.headers, &route, &cfg.inject) {
-        Ok(()) => {
-            inject::prepare_upstream_request(&mut parts.headers);
-            let (session, is_new) = match session_id {
-                Some(s) => (s, false),
-                None => (session::new_id(), true),
-            };
-            // Started now, so the mint runs while the upstream answers.
-            let pending = PendingToken::Spawned(state.tokens.spawn_token_for(route.clone(), session, identity));
-            Ok((pending, session, is_new))
-        }
-        Err(skip) => Err(skip),
-    };
+    let page =
+        match inject::check_request(&parts.method, &path, &parts.headers, &route, &cfg.inject) {
+            Ok(()) => {
+                inject::prepare_upstream_request(&mut parts.headers);
+                let (session, is_new) = match session_id {
+                    Some(s) => (s, false),
+                    None => (session::new_id(), true),
+                };
+                // Started now, so the mint runs while the upstream answers.
+                let pending = PendingToken::Spawned(state.tokens.spawn_token_for(
+                    route.clone(),
+                    session,
+                    identity,
+                ));
+                Ok((pending, session, is_new))
+            }
+            Err(skip) => Err(skip),
+        };
     let is_head = parts.method == Method::HEAD;
 
-    let mut resp = state.upstream.send(Request::from_parts(parts, body::boxed(body))).await?;
+    let mut resp = state
+        .upstream
+        .send(Request::from_parts(parts, body::boxed(body)))
+        .await?;
 
     // 4. Upgrades (WebSocket) become a byte tunnel once both sides agree.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -210,27 +238,33 @@ async fn handle_inner(
         Err(skip) => Err(skip),
         // The page's CSP is judged before waiting for the token: a page it
         // blocks goes out unchanged either way.
-        Ok((pending, session, is_new)) => match inject::check_response(rparts.status, &rparts.headers, &cfg.inject)
-            .and_then(|info| Ok((info, judge_csp(&rparts.headers, &route, state)?)))
-        {
-            Err(skip) => Err(skip),
-            Ok((info, csp_plan)) => match pending.resolve(&state.metrics, cfg.token.budget).await {
-                Ok(issued) => Ok((info, Insert::Widget(issued, csp_plan), session, is_new)),
-                // ChatHub slow or down: the configured fallback contact, as the
-                // integration guide recommends, instead of nothing.
-                Err(skip @ (Skip::TokenBudget | Skip::TokenUnavailable)) if cfg.inject.fallback_html.is_some() => {
-                    Ok((info, Insert::Fallback(skip), session, is_new))
-                }
-                Err(skip) => {
-                    // No widget this time, but the session exists: a mint past
-                    // the budget fills the cache for its next page.
-                    if is_new {
-                        set_session_cookie(&mut rparts.headers, cfg, &session, https);
+        Ok((pending, session, is_new)) => {
+            match inject::check_response(rparts.status, &rparts.headers, &cfg.inject)
+                .and_then(|info| Ok((info, judge_csp(&rparts.headers, &route, state)?)))
+            {
+                Err(skip) => Err(skip),
+                Ok((info, csp_plan)) => {
+                    match pending.resolve(&state.metrics, cfg.token.budget).await {
+                        Ok(issued) => Ok((info, Insert::Widget(issued, csp_plan), session, is_new)),
+                        // ChatHub slow or down: the configured fallback contact, as the
+                        // integration guide recommends, instead of nothing.
+                        Err(skip @ (Skip::TokenBudget | Skip::TokenUnavailable))
+                            if cfg.inject.fallback_html.is_some() =>
+                        {
+                            Ok((info, Insert::Fallback(skip), session, is_new))
+                        }
+                        Err(skip) => {
+                            // No widget this time, but the session exists: a mint past
+                            // the budget fills the cache for its next page.
+                            if is_new {
+                                set_session_cookie(&mut rparts.headers, cfg, &session, https);
+                            }
+                            Err(skip)
+                        }
                     }
-                    Err(skip)
                 }
-            },
-        },
+            }
+        }
     };
     let (info, insert, session, is_new) = match decision {
         Ok(x) => x,
@@ -245,7 +279,13 @@ async fn handle_inner(
     let decoded = if is_head {
         body::empty()
     } else {
-        match codec::decode_checked(rbody, info.coding, codec::DecodeLimits::from_config(&cfg.inject)).await {
+        match codec::decode_checked(
+            rbody,
+            info.coding,
+            codec::DecodeLimits::from_config(&cfg.inject),
+        )
+        .await
+        {
             Ok(b) => b,
             Err(refused) => {
                 // A bomb or a corrupt body caught before the head went out: the
@@ -265,7 +305,13 @@ async fn handle_inner(
         Insert::Widget(issued, csp_plan) => {
             mark(&mut rparts.headers, cfg, Ok(()));
             csp_plan.apply(&mut rparts.headers);
-            let page = PageCsp::new(csp_plan, state.csp.clone(), state.snippet.clone(), issued.token, Some(issued.expires_at));
+            let page = PageCsp::new(
+                csp_plan,
+                state.csp.clone(),
+                state.snippet.clone(),
+                issued.token,
+                Some(issued.expires_at),
+            );
             let snippet = page.header_snippet().into();
             page_csp = Some(Arc::new(page));
             snippet
@@ -273,7 +319,11 @@ async fn handle_inner(
         Insert::Fallback(skip) => {
             state.metrics.skipped(skip.reason());
             mark(&mut rparts.headers, cfg, Err(skip));
-            cfg.inject.fallback_html.as_deref().unwrap_or_default().into()
+            cfg.inject
+                .fallback_html
+                .as_deref()
+                .unwrap_or_default()
+                .into()
         }
     };
     if is_new {
@@ -311,7 +361,11 @@ enum PendingToken {
 impl PendingToken {
     /// Wait at most `budget`; past it the page goes out without the widget while
     /// the lookup carries on in its own task and fills the cache.
-    async fn resolve(self, metrics: &SharedMetrics, budget: std::time::Duration) -> Result<IssuedToken, Skip> {
+    async fn resolve(
+        self,
+        metrics: &SharedMetrics,
+        budget: std::time::Duration,
+    ) -> Result<IssuedToken, Skip> {
         let PendingToken::Spawned(mut handle) = self;
         match tokio::time::timeout(budget, &mut handle).await {
             Err(_) => {
@@ -335,7 +389,10 @@ impl PendingToken {
 /// How the widget gets past the page's header CSP, or why it cannot (`Skip::Csp`).
 fn judge_csp(headers: &HeaderMap, route: &Route, state: &State) -> Result<CspPlan, Skip> {
     csp::plan(headers, route.csp, &state.csp).map_err(|blocked| {
-        tracing::debug!(reason = blocked.reason(), "the page's policy blocks the widget");
+        tracing::debug!(
+            reason = blocked.reason(),
+            "the page's policy blocks the widget"
+        );
         Skip::Csp
     })
 }
@@ -349,7 +406,10 @@ fn identity_header(route: &Route) -> Option<&HeaderName> {
 }
 
 fn set_session_cookie(headers: &mut HeaderMap, cfg: &Config, session: &SessionId, https: bool) {
-    headers.append(header::SET_COOKIE, session::set_cookie(&cfg.session, session, https));
+    headers.append(
+        header::SET_COOKIE,
+        session::set_cookie(&cfg.session, session, https),
+    );
 }
 
 /// Whether the client side is HTTPS: the proxy terminates no TLS itself, so only
@@ -359,7 +419,13 @@ fn client_is_https(headers: &HeaderMap, trusted: bool) -> bool {
         && headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').next().unwrap_or("").trim().eq_ignore_ascii_case("https"))
+            .is_some_and(|v| {
+                v.split(',')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("https")
+            })
 }
 
 fn mark(headers: &mut HeaderMap, cfg: &Config, outcome: Result<(), Skip>) {
@@ -368,7 +434,8 @@ fn mark(headers: &mut HeaderMap, cfg: &Config, outcome: Result<(), Skip>) {
     }
     let v = match outcome {
         Ok(()) => HeaderValue::from_static("injected"),
-        Err(skip) => HeaderValue::from_str(&format!("skipped; reason={}", skip.reason())).unwrap_or(HeaderValue::from_static("skipped")),
+        Err(skip) => HeaderValue::from_str(&format!("skipped; reason={}", skip.reason()))
+            .unwrap_or(HeaderValue::from_static("skipped")),
     };
     headers.insert(X_CHATHUB_INJECT, v);
 }
@@ -383,7 +450,11 @@ fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
     }
     let host = match req.uri().authority() {
         Some(a) => a.as_str().to_owned(),
-        None => first.ok_or(ProxyError::MissingHost)?.to_str().map_err(|_| ProxyError::BadHost)?.to_owned(),
+        None => first
+            .ok_or(ProxyError::MissingHost)?
+            .to_str()
+            .map_err(|_| ProxyError::BadHost)?
+            .to_owned(),
     };
     normalize_host(&host).ok_or(ProxyError::BadHost)?;
     Ok(host)
@@ -392,8 +463,15 @@ fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
 fn check_head_size(headers: &HeaderMap, max: usize) -> Result<(), ProxyError> {
     // hyper's own buffer cap can be bypassed across reads (hyper #4081), so sum
     // the fields ourselves.
-    let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    if size > max { Err(ProxyError::HeadTooLarge) } else { Ok(()) }
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if size > max {
+        Err(ProxyError::HeadTooLarge)
+    } else {
+        Ok(())
+    }
 }
 
 /// The protocol of an HTTP/1.1 Upgrade the proxy will pass on (WebSocket and
@@ -403,7 +481,10 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
     let proto = headers.get(header::UPGRADE)?;
     (wants && !proto.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| proto.clone())
 }
@@ -412,7 +493,10 @@ fn set_upstream_host(headers: &mut HeaderMap, route: &Route, client_host: &str) 
     let value = if route.preserve_host {
         HeaderValue::from_str(client_host).ok()
     } else {
-        route.upstream.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        route
+            .upstream
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     };
     if let Some(v) = value {
         headers.insert(header::HOST, v);
@@ -428,13 +512,18 @@ fn upstream_uri(base: &Uri, original: &Uri) -> Result<Uri, ProxyError> {
     if let Some(a) = base.authority() {
         b = b.authority(a.clone());
     }
-    b.path_and_query(pq).build().map_err(|_| ProxyError::BadHost)
+    b.path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadHost)
 }
 
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
-            let (mut c, mut u) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(u));
+            let (mut c, mut u) = (
+                hyper_util::rt::TokioIo::new(c),
+                hyper_util::rt::TokioIo::new(u),
+            );
             if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
@@ -456,7 +545,14 @@ struct LoggedBody {
 
 impl LoggedBody {
     fn wrap(inner: Body, span: Span, status: u16, start: Instant) -> Body {
-        Body::new(LoggedBody { inner, span, status, bytes: 0, start, outcome: None })
+        Body::new(LoggedBody {
+            inner,
+            span,
+            status,
+            bytes: 0,
+            start,
+            outcome: None,
+        })
     }
 }
 
@@ -464,7 +560,10 @@ impl http_body::Body for LoggedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
@@ -490,7 +589,13 @@ impl http_body::Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        let outcome = self.outcome.unwrap_or(if http_body::Body::is_end_stream(&self.inner) { "complete" } else { "client_gone" });
+        let outcome = self
+            .outcome
+            .unwrap_or(if http_body::Body::is_end_stream(&self.inner) {
+                "complete"
+            } else {
+                "client_gone"
+            });
         info!(
             parent: &self.span,
             status = self.status,

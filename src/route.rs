@@ -43,24 +43,42 @@ pub fn normalize_host(raw: &str) -> Option<(String, Option<u16>)> {
     };
     let name = name.trim_end_matches('.').to_owned();
     let ok = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
     ok.then_some((name, port))
 }
 
 impl RouteTable {
     /// Index every route by each of its host patterns.
     pub fn new(config: &Config) -> Self {
-        let mut t = RouteTable { default: config.default_route.map(|i| config.routes[i].clone()), ..Default::default() };
+        let mut t = RouteTable {
+            default: config.default_route.map(|i| config.routes[i].clone()),
+            ..Default::default()
+        };
         for r in &config.routes {
             for h in &r.hosts {
-                let map = if h.wildcard { &mut t.wildcard } else { &mut t.exact };
-                map.entry(h.name.clone()).or_default().push(Entry { port: h.port, prefix: r.path_prefix.clone(), route: r.clone() });
+                let map = if h.wildcard {
+                    &mut t.wildcard
+                } else {
+                    &mut t.exact
+                };
+                map.entry(h.name.clone()).or_default().push(Entry {
+                    port: h.port,
+                    prefix: r.path_prefix.clone(),
+                    route: r.clone(),
+                });
             }
         }
         // Most specific first: a pattern with a port beats one without, then the
         // longest path prefix wins.
         for list in t.exact.values_mut().chain(t.wildcard.values_mut()) {
-            list.sort_by(|a, b| b.port.is_some().cmp(&a.port.is_some()).then(b.prefix.len().cmp(&a.prefix.len())));
+            list.sort_by(|a, b| {
+                b.port
+                    .is_some()
+                    .cmp(&a.port.is_some())
+                    .then(b.prefix.len().cmp(&a.prefix.len()))
+            });
         }
         t
     }
@@ -143,7 +161,10 @@ mod tests {
     #[test]
     fn host_normalisation() {
         assert_eq!(normalize_host("A.B:80"), Some(("a.b".into(), Some(80))));
-        assert_eq!(normalize_host("[::1]:8080"), Some(("[::1]".into(), Some(8080))));
+        assert_eq!(
+            normalize_host("[::1]:8080"),
+            Some(("[::1]".into(), Some(8080)))
+        );
         assert_eq!(normalize_host("a.b:x"), None);
         assert_eq!(normalize_host(""), None);
     }

@@ -58,9 +58,14 @@ impl Running {
         self.admin_state.ready.store(false, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         self.tracker.close();
-        let clean = tokio::time::timeout(self.grace, self.tracker.wait()).await.is_ok();
+        let clean = tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_ok();
         if !clean {
-            warn!(grace_ms = self.grace.as_millis() as u64, "grace period over; closing remaining connections");
+            warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "grace period over; closing remaining connections"
+            );
         }
         let _ = self.admin_stop.send(true);
         clean
@@ -79,8 +84,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 
     let mut addrs = Vec::new();
     for addr in &config.server.listen {
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: *addr, source })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind { addr: *addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: *addr,
+            source,
+        })?;
         addrs.push(local);
         let ctx = AcceptCtx {
             state: state.clone(),
@@ -95,11 +108,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     }
 
     let (admin_stop, admin_stop_rx) = watch::channel(false);
-    let admin_state = Arc::new(AdminState { metrics: metrics.clone(), ready: AtomicBool::new(true) });
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(true),
+    });
     let admin = match config.admin_listen {
         Some(addr) => {
-            let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
-            let local = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| ServerError::Bind { addr, source })?;
             // The admin server is not tracked: it must keep answering /readyz
             // with 503 while the proxy drains.
             tokio::spawn(admin_loop(listener, admin_state.clone(), admin_stop_rx));
@@ -109,7 +129,17 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         None => None,
     };
 
-    Ok(Running { addrs, admin, metrics, state, shutdown, admin_stop, tracker, admin_state, grace: config.server.grace_period })
+    Ok(Running {
+        addrs,
+        admin,
+        metrics,
+        state,
+        shutdown,
+        admin_stop,
+        tracker,
+        admin_state,
+        grace: config.server.grace_period,
+    })
 }
 
 /// Start, wait for SIGTERM or SIGINT, shut down gracefully.
@@ -183,7 +213,12 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
             _ = ctx.shutdown.changed() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let (state, builder, shutdown, idle) = (ctx.state.clone(), ctx.builder.clone(), ctx.shutdown.clone(), ctx.idle);
+        let (state, builder, shutdown, idle) = (
+            ctx.state.clone(),
+            ctx.builder.clone(),
+            ctx.shutdown.clone(),
+            ctx.idle,
+        );
         ctx.tracker.spawn(async move {
             state.metrics.connection_opened();
             serve_conn(tcp, peer, state.clone(), builder, shutdown, idle).await;
@@ -202,7 +237,10 @@ async fn serve_conn(
     idle: Duration,
 ) {
     let clock = Arc::new(Activity::new());
-    let io = IdleIo { inner: tcp, clock: clock.clone() };
+    let io = IdleIo {
+        inner: tcp,
+        clock: clock.clone(),
+    };
     let svc = service_fn(move |req| proxy::handle(state.clone(), peer, req));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -241,11 +279,15 @@ struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Resolves once the connection has been idle for `idle`.
@@ -268,7 +310,11 @@ struct IdleIo {
 }
 
 impl AsyncRead for IdleIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
@@ -279,7 +325,11 @@ impl AsyncRead for IdleIo {
 }
 
 impl AsyncWrite for IdleIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.clock.touch();
@@ -287,7 +337,11 @@ impl AsyncWrite for IdleIo {
         r
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.clock.touch();
@@ -308,7 +362,11 @@ impl AsyncWrite for IdleIo {
     }
 }
 
-async fn admin_loop(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+async fn admin_loop(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (tcp, _) = tokio::select! {
@@ -317,7 +375,12 @@ async fn admin_loop(listener: TcpListener, state: Arc<AdminState>, mut stop: wat
             _ = stop.changed() => return,
         };
         let st = state.clone();
-        let conn = builder.serve_connection(TokioIo::new(tcp), service_fn(move |req| admin::handle(st.clone(), req))).into_owned();
+        let conn = builder
+            .serve_connection(
+                TokioIo::new(tcp),
+                service_fn(move |req| admin::handle(st.clone(), req)),
+            )
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

@@ -43,7 +43,10 @@ impl Upstream {
             .retry_canceled_requests(true)
             .set_host(false)
             .build(https);
-        Ok(Upstream { client, response_timeout: cfg.response_timeout })
+        Ok(Upstream {
+            client,
+            response_timeout: cfg.response_timeout,
+        })
     }
 
     /// Send one request and wait for the response head within the deadline.

@@ -163,7 +163,9 @@ pub enum Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Credentials::Login { login, .. } => write!(f, "Login {{ login: {login:?}, password: <redacted> }}"),
+            Credentials::Login { login, .. } => {
+                write!(f, "Login {{ login: {login:?}, password: <redacted> }}")
+            }
             Credentials::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
         }
     }
@@ -313,7 +315,12 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problem{}):", self.issues.len(), if self.issues.len() == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.issues.len(),
+            if self.issues.len() == 1 { "" } else { "s" }
+        )?;
         for i in &self.issues {
             writeln!(f, "  - {i}")?;
         }
@@ -323,7 +330,13 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     fn one(key: &str, message: impl Into<String>, source: Option<String>) -> Self {
-        ConfigError { issues: vec![ConfigIssue { key: key.into(), message: message.into(), source }] }
+        ConfigError {
+            issues: vec![ConfigIssue {
+                key: key.into(),
+                message: message.into(),
+                source,
+            }],
+        }
     }
 }
 
@@ -334,7 +347,11 @@ pub fn figment(path: Option<&Path>) -> Result<Figment, ConfigError> {
         Some(p) => {
             // figment's own missing-file error has no path in it; say which file.
             if !p.is_file() {
-                return Err(ConfigError::one("--config", format!("config file {} does not exist", p.display()), None));
+                return Err(ConfigError::one(
+                    "--config",
+                    format!("config file {} does not exist", p.display()),
+                    None,
+                ));
             }
             Some(p.to_path_buf())
         }
@@ -360,7 +377,8 @@ pub fn from_figment(fig: &Figment) -> Result<Config, ConfigError> {
 
 /// Parse a TOML string as the only layer above the defaults (no environment).
 pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
-    let fig = Figment::from(Serialized::defaults(raw::RawConfig::default())).merge(Toml::string(toml));
+    let fig =
+        Figment::from(Serialized::defaults(raw::RawConfig::default())).merge(Toml::string(toml));
     from_figment(&fig)
 }
 
@@ -378,13 +396,21 @@ fn figment_error(fig: &Figment, err: figment::Error) -> ConfigError {
     let issues = err
         .into_iter()
         .map(|e| {
-            let key = if e.path.is_empty() { "(root)".to_string() } else { e.path.join(".") };
+            let key = if e.path.is_empty() {
+                "(root)".to_string()
+            } else {
+                e.path.join(".")
+            };
             let source = e.metadata.as_ref().map(|m| match &m.source {
                 Some(src) => format!("{} {}", m.name, src),
                 None => m.name.to_string(),
             });
             let source = source.or_else(|| source_of(fig, &key));
-            ConfigIssue { key, message: e.kind.to_string(), source }
+            ConfigIssue {
+                key,
+                message: e.kind.to_string(),
+                source,
+            }
         })
         .collect();
     ConfigError { issues }

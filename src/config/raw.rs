@@ -79,12 +79,12 @@ pub enum OneOrMany {
 impl OneOrMany {
     pub fn to_vec(&self) -> Vec<String> {
         match self {
-            OneOrMany::One(s) => s
-                .0
-                .split(',')
-                .map(|p| p.trim().to_owned())
-                .filter(|p| !p.is_empty())
-                .collect(),
+            OneOrMany::One(s) => {
+                s.0.split(',')
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            }
             OneOrMany::Many(v) => v.iter().map(|s| s.0.clone()).collect(),
         }
     }
@@ -148,7 +148,9 @@ pub struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        RawAdmin { listen: Str("127.0.0.1:9901".into()) }
+        RawAdmin {
+            listen: Str("127.0.0.1:9901".into()),
+        }
     }
 }
 
@@ -161,7 +163,10 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog { format: Str("text".into()), filter: Str("info".into()) }
+        RawLog {
+            format: Str("text".into()),
+            filter: Str("info".into()),
+        }
     }
 }
 
@@ -214,7 +219,9 @@ pub struct RawInject {
 impl Default for RawInject {
     fn default() -> Self {
         RawInject {
-            widget_url: Str("https://widget.smsbat.com/operator-chat-panel/widget-script.js".into()),
+            widget_url: Str(
+                "https://widget.smsbat.com/operator-chat-panel/widget-script.js".into(),
+            ),
             script_id: Str("operator-chat-panel-script".into()),
             token_attribute: Str("token".into()),
             content_types: vec![Str("text/html".into()), Str("application/xhtml+xml".into())],
@@ -244,7 +251,10 @@ pub struct RawSession {
 
 impl Default for RawSession {
     fn default() -> Self {
-        RawSession { cookie_name: Str("chathub_sid".into()), max_age: Str("24h".into()) }
+        RawSession {
+            cookie_name: Str("chathub_sid".into()),
+            max_age: Str("24h".into()),
+        }
     }
 }
 

@@ -16,14 +16,24 @@ impl Checker<'_> {
     fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
         let key = key.into();
         let source = (self.source)(&key);
-        self.issues.push(ConfigIssue { key, message: message.into(), source });
+        self.issues.push(ConfigIssue {
+            key,
+            message: message.into(),
+            source,
+        });
     }
 
     fn duration(&mut self, key: &str, v: &Str) -> Duration {
         match humantime::parse_duration(v.as_str().trim()) {
             Ok(d) => d,
             Err(e) => {
-                self.err(key, format!("`{}` is not a duration like \"500ms\", \"10s\" or \"2h\" ({e})", v.as_str()));
+                self.err(
+                    key,
+                    format!(
+                        "`{}` is not a duration like \"500ms\", \"10s\" or \"2h\" ({e})",
+                        v.as_str()
+                    ),
+                );
                 Duration::ZERO
             }
         }
@@ -41,7 +51,10 @@ impl Checker<'_> {
         match v.trim().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.err(key, format!("`{v}` is not an address like 127.0.0.1:8080 or [::1]:8080"));
+                self.err(
+                    key,
+                    format!("`{v}` is not an address like 127.0.0.1:8080 or [::1]:8080"),
+                );
                 None
             }
         }
@@ -56,8 +69,14 @@ impl Checker<'_> {
 }
 
 /// Validate a raw config; `source` names where a key's value came from.
-pub fn validate(raw: &RawConfig, source: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let mut c = Checker { issues: Vec::new(), source };
+pub fn validate(
+    raw: &RawConfig,
+    source: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut c = Checker {
+        issues: Vec::new(),
+        source,
+    };
 
     let server = server(&mut c, raw);
     let admin_listen = match raw.admin.listen.as_str().trim() {
@@ -69,7 +88,10 @@ pub fn validate(raw: &RawConfig, source: &dyn Fn(&str) -> Option<String>) -> Res
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                c.err("log.format", format!("`{other}` is not one of \"text\", \"json\""));
+                c.err(
+                    "log.format",
+                    format!("`{other}` is not one of \"text\", \"json\""),
+                );
                 LogFormat::Text
             }
         },
@@ -82,17 +104,29 @@ pub fn validate(raw: &RawConfig, source: &dyn Fn(&str) -> Option<String>) -> Res
         },
     };
     let upstream = UpstreamConfig {
-        connect_timeout: c.positive_duration("upstream.connect_timeout", &raw.upstream.connect_timeout),
-        response_timeout: c.positive_duration("upstream.response_timeout", &raw.upstream.response_timeout),
-        pool_idle_timeout: c.positive_duration("upstream.pool_idle_timeout", &raw.upstream.pool_idle_timeout),
+        connect_timeout: c
+            .positive_duration("upstream.connect_timeout", &raw.upstream.connect_timeout),
+        response_timeout: c
+            .positive_duration("upstream.response_timeout", &raw.upstream.response_timeout),
+        pool_idle_timeout: c.positive_duration(
+            "upstream.pool_idle_timeout",
+            &raw.upstream.pool_idle_timeout,
+        ),
         pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host as usize,
     };
     let inject = inject(&mut c, raw);
     let session = SessionConfig {
         cookie_name: {
             let n = raw.session.cookie_name.as_str().to_owned();
-            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                c.err("session.cookie_name", format!("`{n}` must be non-empty letters, digits, '-', '_' or '.'"));
+            if n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                c.err(
+                    "session.cookie_name",
+                    format!("`{n}` must be non-empty letters, digits, '-', '_' or '.'"),
+                );
             }
             n
         },
@@ -113,7 +147,10 @@ pub fn validate(raw: &RawConfig, source: &dyn Fn(&str) -> Option<String>) -> Res
     for (i, r) in raw.routes.iter().enumerate() {
         if let Some(route) = route(&mut c, i, r, &accounts, raw) {
             if !names.insert(route.name.clone()) {
-                c.err(format!("routes[{i}].name"), format!("route name `{}` is used twice", route.name));
+                c.err(
+                    format!("routes[{i}].name"),
+                    format!("route name `{}` is used twice", route.name),
+                );
             }
             routes.push(Arc::new(route));
         }
@@ -123,13 +160,28 @@ pub fn validate(raw: &RawConfig, source: &dyn Fn(&str) -> Option<String>) -> Res
     let default_route = raw.default_route.as_ref().and_then(|name| {
         let pos = routes.iter().position(|r| r.name == name.as_str());
         if pos.is_none() && c.issues.iter().all(|i| !i.key.starts_with("routes")) {
-            c.err("default_route", format!("no route is named `{}`", name.as_str()));
+            c.err(
+                "default_route",
+                format!("no route is named `{}`", name.as_str()),
+            );
         }
         pos
     });
 
     if c.issues.is_empty() {
-        Ok(Config { server, admin_listen, log, upstream, inject, session, token, redis, accounts, routes, default_route })
+        Ok(Config {
+            server,
+            admin_listen,
+            log,
+            upstream,
+            inject,
+            session,
+            token,
+            redis,
+            accounts,
+            routes,
+            default_route,
+        })
     } else {
         Err(ConfigError { issues: c.issues })
     }
@@ -137,22 +189,33 @@ pub fn validate(raw: &RawConfig, source: &dyn Fn(&str) -> Option<String>) -> Res
 
 fn server(c: &mut Checker, raw: &RawConfig) -> ServerConfig {
     let s = &raw.server;
-    let listen: Vec<SocketAddr> = s.listen.to_vec().iter().filter_map(|a| c.addr("server.listen", a)).collect();
+    let listen: Vec<SocketAddr> = s
+        .listen
+        .to_vec()
+        .iter()
+        .filter_map(|a| c.addr("server.listen", a))
+        .collect();
     if s.listen.to_vec().is_empty() {
         c.err("server.listen", "at least one listen address is needed");
     }
     let mut trusted = Vec::new();
     for t in s.trusted_proxies.to_vec() {
-        let parsed = t.parse::<IpNet>().or_else(|_| t.parse::<IpAddr>().map(IpNet::from));
+        let parsed = t
+            .parse::<IpNet>()
+            .or_else(|_| t.parse::<IpAddr>().map(IpNet::from));
         match parsed {
             Ok(n) => trusted.push(n),
-            Err(_) => c.err("server.trusted_proxies", format!("`{t}` is not a CIDR like 10.0.0.0/8 or an IP address")),
+            Err(_) => c.err(
+                "server.trusted_proxies",
+                format!("`{t}` is not a CIDR like 10.0.0.0/8 or an IP address"),
+            ),
         }
     }
     ServerConfig {
         listen,
         max_connections: c.nonzero("server.max_connections", s.max_connections) as usize,
-        header_read_timeout: c.positive_duration("server.header_read_timeout", &s.header_read_timeout),
+        header_read_timeout: c
+            .positive_duration("server.header_read_timeout", &s.header_read_timeout),
         idle_timeout: c.positive_duration("server.idle_timeout", &s.idle_timeout),
         max_header_bytes: {
             let v = c.nonzero("server.max_header_bytes", s.max_header_bytes);
@@ -164,7 +227,10 @@ fn server(c: &mut Checker, raw: &RawConfig) -> ServerConfig {
         max_headers: c.nonzero("server.max_headers", s.max_headers) as usize,
         grace_period: c.duration("server.grace_period", &s.grace_period),
         trusted_proxies: trusted,
-        h2_max_concurrent_streams: c.nonzero("server.h2_max_concurrent_streams", s.h2_max_concurrent_streams) as u32,
+        h2_max_concurrent_streams: c.nonzero(
+            "server.h2_max_concurrent_streams",
+            s.h2_max_concurrent_streams,
+        ) as u32,
         worker_threads: match s.worker_threads {
             0 => None,
             n if n > 1024 => {
@@ -182,38 +248,74 @@ fn inject(c: &mut Checker, raw: &RawConfig) -> InjectConfig {
     match url::Url::parse(&widget_url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
         Ok(_) | Err(_) if widget_url.starts_with('/') => {}
-        _ => c.err("inject.widget_url", format!("`{widget_url}` is not an http(s) URL or an absolute path")),
+        _ => c.err(
+            "inject.widget_url",
+            format!("`{widget_url}` is not an http(s) URL or an absolute path"),
+        ),
     }
-    let attr_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b));
+    let attr_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b))
+    };
     if !attr_ok(i.script_id.as_str()) {
-        c.err("inject.script_id", "must be non-empty letters, digits, '-', '_' or ':'");
+        c.err(
+            "inject.script_id",
+            "must be non-empty letters, digits, '-', '_' or ':'",
+        );
     }
     if !attr_ok(i.token_attribute.as_str()) {
-        c.err("inject.token_attribute", "must be non-empty letters, digits, '-', '_' or ':'");
+        c.err(
+            "inject.token_attribute",
+            "must be non-empty letters, digits, '-', '_' or ':'",
+        );
     }
-    let content_types: Vec<String> = i.content_types.iter().map(|t| t.as_str().trim().to_ascii_lowercase()).collect();
+    let content_types: Vec<String> = i
+        .content_types
+        .iter()
+        .map(|t| t.as_str().trim().to_ascii_lowercase())
+        .collect();
     for t in &content_types {
         if !t.contains('/') || t.contains(';') {
-            c.err("inject.content_types", format!("`{t}` is not a media type like text/html"));
+            c.err(
+                "inject.content_types",
+                format!("`{t}` is not a media type like text/html"),
+            );
         }
     }
     let mut statuses = Vec::new();
     for s in &i.statuses {
         let s = s.as_str().trim();
         let parsed = match s.split_once('-') {
-            Some((a, b)) => a.trim().parse::<u16>().ok().zip(b.trim().parse::<u16>().ok()),
+            Some((a, b)) => a
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .zip(b.trim().parse::<u16>().ok()),
             None => s.parse::<u16>().ok().map(|v| (v, v)),
         };
         match parsed {
             Some((a, b)) if (100..=599).contains(&a) && (100..=599).contains(&b) && a <= b => {
                 statuses.push(StatusRange(a, b))
             }
-            _ => c.err("inject.statuses", format!("`{s}` is not a status or range like \"200-299\"")),
+            _ => c.err(
+                "inject.statuses",
+                format!("`{s}` is not a status or range like \"200-299\""),
+            ),
         }
     }
-    for p in [("inject.token_path", &i.token_path), ("inject.helper_path", &i.helper_path)] {
+    for p in [
+        ("inject.token_path", &i.token_path),
+        ("inject.helper_path", &i.helper_path),
+    ] {
         if !p.1.as_str().starts_with('/') {
-            c.err(p.0, format!("`{}` must be an absolute path starting with '/'", p.1.as_str()));
+            c.err(
+                p.0,
+                format!(
+                    "`{}` must be an absolute path starting with '/'",
+                    p.1.as_str()
+                ),
+            );
         }
     }
     InjectConfig {
@@ -225,7 +327,11 @@ fn inject(c: &mut Checker, raw: &RawConfig) -> InjectConfig {
         exclude_statuses: i.exclude_statuses.clone(),
         iframes: i.iframes,
         debug_header: i.debug_header,
-        dev_token: i.dev_token.as_ref().map(|t| t.0.clone()).filter(|t| !t.is_empty()),
+        dev_token: i
+            .dev_token
+            .as_ref()
+            .map(|t| t.0.clone())
+            .filter(|t| !t.is_empty()),
         max_rewriter_memory: {
             let v = c.nonzero("inject.max_rewriter_memory", i.max_rewriter_memory);
             if v > 0 && v < 64 * 1024 {
@@ -233,9 +339,15 @@ fn inject(c: &mut Checker, raw: &RawConfig) -> InjectConfig {
             }
             v as usize
         },
-        max_decompressed_bytes: c.nonzero("inject.max_decompressed_bytes", i.max_decompressed_bytes),
-        max_decompression_ratio: c.nonzero("inject.max_decompression_ratio", i.max_decompression_ratio),
-        fallback_html: i.fallback_html.as_ref().map(|f| f.0.clone()).filter(|f| !f.is_empty()),
+        max_decompressed_bytes: c
+            .nonzero("inject.max_decompressed_bytes", i.max_decompressed_bytes),
+        max_decompression_ratio: c
+            .nonzero("inject.max_decompression_ratio", i.max_decompression_ratio),
+        fallback_html: i
+            .fallback_html
+            .as_ref()
+            .map(|f| f.0.clone())
+            .filter(|f| !f.is_empty()),
         token_path: i.token_path.0.clone(),
         helper_path: i.helper_path.0.clone(),
         refresh_helper: i.refresh_helper,
@@ -259,7 +371,10 @@ fn connect_origins(c: &mut Checker, raw: &[Str]) -> Vec<String> {
             {
                 out.push(u.origin().ascii_serialization())
             }
-            _ => c.err("inject.connect_origins", format!("`{s}` is not an origin like \"https://chatapi.example.com\"")),
+            _ => c.err(
+                "inject.connect_origins",
+                format!("`{s}` is not an origin like \"https://chatapi.example.com\""),
+            ),
         }
     }
     out
@@ -269,7 +384,10 @@ fn token(c: &mut Checker, raw: &RawConfig) -> TokenConfig {
     let t = &raw.token;
     let lifetime = c.positive_duration("token.lifetime", &t.lifetime);
     if lifetime > Duration::from_secs(24 * 3600) {
-        c.err("token.lifetime", "ChatHub issues operator tokens for at most 24h");
+        c.err(
+            "token.lifetime",
+            "ChatHub issues operator tokens for at most 24h",
+        );
     }
     let refresh_ahead = c.duration("token.refresh_ahead", &t.refresh_ahead);
     let safety_margin = c.duration("token.safety_margin", &t.safety_margin);
@@ -291,25 +409,54 @@ fn token(c: &mut Checker, raw: &RawConfig) -> TokenConfig {
 
 fn redis(c: &mut Checker, raw: &RawConfig) -> Option<RedisConfig> {
     let r = &raw.redis;
-    let url = r.url.as_ref().map(|u| u.0.trim().to_owned()).filter(|u| !u.is_empty())?;
-    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+    let url = r
+        .url
+        .as_ref()
+        .map(|u| u.0.trim().to_owned())
+        .filter(|u| !u.is_empty())?;
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
+    {
         c.err("redis.url", format!("`{url}` is not a redis:// URL"));
     }
     Some(RedisConfig {
         url,
-        key_prefix: r.key_prefix.as_ref().map(|p| p.0.clone()).unwrap_or_else(|| "chathub-proxy:".into()),
-        lock_ttl: r.lock_ttl.as_ref().map(|d| c.positive_duration("redis.lock_ttl", d)).unwrap_or(Duration::from_secs(10)),
-        timeout: r.timeout.as_ref().map(|d| c.positive_duration("redis.timeout", d)).unwrap_or(Duration::from_millis(250)),
+        key_prefix: r
+            .key_prefix
+            .as_ref()
+            .map(|p| p.0.clone())
+            .unwrap_or_else(|| "chathub-proxy:".into()),
+        lock_ttl: r
+            .lock_ttl
+            .as_ref()
+            .map(|d| c.positive_duration("redis.lock_ttl", d))
+            .unwrap_or(Duration::from_secs(10)),
+        timeout: r
+            .timeout
+            .as_ref()
+            .map(|d| c.positive_duration("redis.timeout", d))
+            .unwrap_or(Duration::from_millis(250)),
     })
 }
 
 /// Read a secret from the environment variable or file that config names.
-fn read_secret(c: &mut Checker, key_env: &str, env: &Option<Str>, key_file: &str, file: &Option<Str>) -> Option<Secret> {
+fn read_secret(
+    c: &mut Checker,
+    key_env: &str,
+    env: &Option<Str>,
+    key_file: &str,
+    file: &Option<Str>,
+) -> Option<Secret> {
     if let Some(var) = env {
         return match std::env::var(var.as_str()) {
             Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim().to_owned())),
             _ => {
-                c.err(key_env, format!("environment variable `{}` is not set or empty", var.as_str()));
+                c.err(
+                    key_env,
+                    format!(
+                        "environment variable `{}` is not set or empty",
+                        var.as_str()
+                    ),
+                );
                 None
             }
         };
@@ -333,12 +480,22 @@ fn read_secret(c: &mut Checker, key_env: &str, env: &Option<Str>, key_file: &str
 fn account(c: &mut Checker, name: &str, a: &RawAccount) -> Option<Account> {
     let k = |f: &str| format!("accounts.{name}.{f}");
     if a.password.is_some() {
-        c.err(k("password"), "secrets are never inline: use password_env or password_file");
+        c.err(
+            k("password"),
+            "secrets are never inline: use password_env or password_file",
+        );
     }
     if a.api_key.is_some() {
-        c.err(k("api_key"), "secrets are never inline: use api_key_env or api_key_file");
+        c.err(
+            k("api_key"),
+            "secrets are never inline: use api_key_env or api_key_file",
+        );
     }
-    let base = a.base_url.as_ref().map(|s| s.as_str()).unwrap_or("https://chatapi.smsbat.com");
+    let base = a
+        .base_url
+        .as_ref()
+        .map(|s| s.as_str())
+        .unwrap_or("https://chatapi.smsbat.com");
     let base_url = match url::Url::parse(base) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Some(u),
         _ => {
@@ -351,7 +508,13 @@ fn account(c: &mut Checker, name: &str, a: &RawAccount) -> Option<Account> {
         (None, Some(var)) => match std::env::var(var.as_str()) {
             Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
             _ => {
-                c.err(k("login_env"), format!("environment variable `{}` is not set or empty", var.as_str()));
+                c.err(
+                    k("login_env"),
+                    format!(
+                        "environment variable `{}` is not set or empty",
+                        var.as_str()
+                    ),
+                );
                 None
             }
         },
@@ -360,23 +523,58 @@ fn account(c: &mut Checker, name: &str, a: &RawAccount) -> Option<Account> {
     let has_password = a.password_env.is_some() || a.password_file.is_some();
     let has_key = a.api_key_env.is_some() || a.api_key_file.is_some();
     let credentials = if has_key && (has_password || login.is_some()) {
-        c.err(k("api_key_env"), "give either login + password or an API key, not both");
+        c.err(
+            k("api_key_env"),
+            "give either login + password or an API key, not both",
+        );
         None
     } else if has_key {
-        read_secret(c, &k("api_key_env"), &a.api_key_env, &k("api_key_file"), &a.api_key_file).map(Credentials::ApiKey)
+        read_secret(
+            c,
+            &k("api_key_env"),
+            &a.api_key_env,
+            &k("api_key_file"),
+            &a.api_key_file,
+        )
+        .map(Credentials::ApiKey)
     } else if has_password {
-        let password = read_secret(c, &k("password_env"), &a.password_env, &k("password_file"), &a.password_file);
+        let password = read_secret(
+            c,
+            &k("password_env"),
+            &a.password_env,
+            &k("password_file"),
+            &a.password_file,
+        );
         if login.is_none() && a.login_env.is_none() {
             c.err(k("login"), "a password needs a login (login or login_env)");
         }
-        login.zip(password).map(|(login, password)| Credentials::Login { login, password })
+        login
+            .zip(password)
+            .map(|(login, password)| Credentials::Login { login, password })
     } else {
-        c.err(k("password_env"), "no credentials: set login + password_env/password_file, or api_key_env/api_key_file");
+        c.err(
+            k("password_env"),
+            "no credentials: set login + password_env/password_file, or api_key_env/api_key_file",
+        );
         None
     };
-    let connect_timeout = a.connect_timeout.as_ref().map(|d| c.positive_duration(&k("connect_timeout"), d)).unwrap_or(Duration::from_secs(3));
-    let request_timeout = a.request_timeout.as_ref().map(|d| c.positive_duration(&k("request_timeout"), d)).unwrap_or(Duration::from_secs(10));
-    Some(Account { name: name.to_owned(), base_url: base_url?, credentials: credentials?, connect_timeout, request_timeout })
+    let connect_timeout = a
+        .connect_timeout
+        .as_ref()
+        .map(|d| c.positive_duration(&k("connect_timeout"), d))
+        .unwrap_or(Duration::from_secs(3));
+    let request_timeout = a
+        .request_timeout
+        .as_ref()
+        .map(|d| c.positive_duration(&k("request_timeout"), d))
+        .unwrap_or(Duration::from_secs(10));
+    Some(Account {
+        name: name.to_owned(),
+        base_url: base_url?,
+        credentials: credentials?,
+        connect_timeout,
+        request_timeout,
+    })
 }
 
 /// Parse one host pattern: `example.com`, `*.example.com`, `Example.com:8080`.
@@ -387,21 +585,47 @@ pub(crate) fn host_pattern(s: &str) -> Result<HostPattern, String> {
         None => (false, s.as_str()),
     };
     let (name, port) = match rest.rsplit_once(':') {
-        Some((n, p)) if !n.contains(':') => (n, Some(p.parse::<u16>().map_err(|_| format!("`{s}` has a bad port"))?)),
+        Some((n, p)) if !n.contains(':') => (
+            n,
+            Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{s}` has a bad port"))?,
+            ),
+        ),
         _ => (rest, None),
     };
     let name = name.trim_end_matches('.');
     let valid = !name.is_empty()
-        && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
     if !valid {
-        return Err(format!("`{s}` is not a host name (use `example.com` or `*.example.com`)"));
+        return Err(format!(
+            "`{s}` is not a host name (use `example.com` or `*.example.com`)"
+        ));
     }
-    Ok(HostPattern { name: name.to_owned(), wildcard, port })
+    Ok(HostPattern {
+        name: name.to_owned(),
+        wildcard,
+        port,
+    })
 }
 
-fn route(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>], raw: &RawConfig) -> Option<Route> {
+fn route(
+    c: &mut Checker,
+    i: usize,
+    r: &RawRoute,
+    accounts: &[Arc<Account>],
+    raw: &RawConfig,
+) -> Option<Route> {
     let k = |f: &str| format!("routes[{i}].{f}");
-    let name = r.name.as_ref().map(|n| n.0.clone()).unwrap_or_else(|| format!("route{i}"));
+    let name = r
+        .name
+        .as_ref()
+        .map(|n| n.0.clone())
+        .unwrap_or_else(|| format!("route{i}"));
     let mut hosts = Vec::new();
     match &r.hosts {
         None => c.err(k("hosts"), "a route needs at least one host"),
@@ -421,25 +645,43 @@ fn route(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>], raw
     let path_prefix = match &r.path_prefix {
         None => String::new(),
         Some(p) if !p.as_str().starts_with('/') => {
-            c.err(k("path_prefix"), format!("`{}` must start with '/'", p.as_str()));
+            c.err(
+                k("path_prefix"),
+                format!("`{}` must start with '/'", p.as_str()),
+            );
             String::new()
         }
         Some(p) => p.as_str().trim_end_matches('/').to_owned(),
     };
     let upstream = match &r.upstream {
         None => {
-            c.err(k("upstream"), "a route needs an upstream URL such as http://127.0.0.1:8081");
+            c.err(
+                k("upstream"),
+                "a route needs an upstream URL such as http://127.0.0.1:8081",
+            );
             None
         }
         Some(u) => match u.as_str().parse::<http::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http") | Some("https")) && uri.authority().is_some() => {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http") | Some("https"))
+                    && uri.authority().is_some() =>
+            {
                 if uri.path() != "/" && !uri.path().is_empty() {
-                    c.err(k("upstream"), format!("`{}` must not have a path; the client's path is forwarded as is", u.as_str()));
+                    c.err(
+                        k("upstream"),
+                        format!(
+                            "`{}` must not have a path; the client's path is forwarded as is",
+                            u.as_str()
+                        ),
+                    );
                 }
                 Some(uri)
             }
             _ => {
-                c.err(k("upstream"), format!("`{}` is not an http:// or https:// URL", u.as_str()));
+                c.err(
+                    k("upstream"),
+                    format!("`{}` is not an http:// or https:// URL", u.as_str()),
+                );
                 None
             }
         },
@@ -447,7 +689,10 @@ fn route(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>], raw
     let mut exclude_paths = Vec::new();
     for p in &r.exclude_paths {
         if !p.as_str().starts_with('/') {
-            c.err(k("exclude_paths"), format!("`{}` must start with '/'", p.as_str()));
+            c.err(
+                k("exclude_paths"),
+                format!("`{}` must start with '/'", p.as_str()),
+            );
         }
         exclude_paths.push(p.0.clone());
     }
@@ -459,7 +704,10 @@ fn route(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>], raw
             "amend" => CspMode::Amend,
             "off" => CspMode::Off,
             other => {
-                c.err(k("csp"), format!("`{other}` is not one of \"auto\", \"nonce\", \"amend\", \"off\""));
+                c.err(
+                    k("csp"),
+                    format!("`{other}` is not one of \"auto\", \"nonce\", \"amend\", \"off\""),
+                );
                 CspMode::Auto
             }
         },
@@ -478,7 +726,13 @@ fn route(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>], raw
     })
 }
 
-fn chat_target(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>], raw: &RawConfig) -> Option<ChatTarget> {
+fn chat_target(
+    c: &mut Checker,
+    i: usize,
+    r: &RawRoute,
+    accounts: &[Arc<Account>],
+    raw: &RawConfig,
+) -> Option<ChatTarget> {
     let k = |f: &str| format!("routes[{i}].{f}");
     let account_name = match &r.account {
         Some(a) => a.0.clone(),
@@ -488,7 +742,10 @@ fn chat_target(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>
                 if raw.accounts.len() == 1 {
                     raw.accounts.keys().next().cloned().unwrap_or_default()
                 } else {
-                    c.err(k("account"), "name the ChatHub account (there is more than one, or none)");
+                    c.err(
+                        k("account"),
+                        "name the ChatHub account (there is more than one, or none)",
+                    );
                     return None;
                 }
             } else {
@@ -500,7 +757,10 @@ fn chat_target(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>
         Some(a) => a.clone(),
         None => {
             if !raw.accounts.contains_key(&account_name) {
-                c.err(k("account"), format!("no account is named `{account_name}` under [accounts]"));
+                c.err(
+                    k("account"),
+                    format!("no account is named `{account_name}` under [accounts]"),
+                );
             }
             return None;
         }
@@ -512,17 +772,28 @@ fn chat_target(c: &mut Checker, i: usize, r: &RawRoute, accounts: &[Arc<Account>
             Err(_) => OrgRef::Name(n.trim().to_owned()),
         },
         _ => {
-            c.err(k("organization"), "a route with an account needs an organization (id or name)");
+            c.err(
+                k("organization"),
+                "a route with an account needs an organization (id or name)",
+            );
             return None;
         }
     };
     let operator = operator_rule(c, i, r.operator.as_ref()?)?;
-    Some(ChatTarget { account, organization, operator })
+    Some(ChatTarget {
+        account,
+        organization,
+        operator,
+    })
 }
 
 fn operator_rule(c: &mut Checker, i: usize, o: &RawOperatorRule) -> Option<OperatorRule> {
     let k = |f: &str| format!("routes[{i}].operator.{f}");
-    let rule = o.rule.as_ref().map(|r| r.as_str().to_ascii_lowercase()).unwrap_or_else(|| "first-active".into());
+    let rule = o
+        .rule
+        .as_ref()
+        .map(|r| r.as_str().to_ascii_lowercase())
+        .unwrap_or_else(|| "first-active".into());
     match rule.as_str() {
         "fixed" => match o.id {
             Some(id) => Some(OperatorRule::Fixed(id)),
@@ -538,7 +809,10 @@ fn operator_rule(c: &mut Checker, i: usize, o: &RawOperatorRule) -> Option<Opera
                 Some(h) => match http::HeaderName::from_bytes(h.as_str().as_bytes()) {
                     Ok(h) => Some(h),
                     Err(_) => {
-                        c.err(k("header"), format!("`{}` is not a header name", h.as_str()));
+                        c.err(
+                            k("header"),
+                            format!("`{}` is not a header name", h.as_str()),
+                        );
                         None
                     }
                 },
@@ -549,7 +823,11 @@ fn operator_rule(c: &mut Checker, i: usize, o: &RawOperatorRule) -> Option<Opera
                 basic_auth: o.basic_auth.unwrap_or(false),
                 cookie: o.cookie.as_ref().map(|s| s.0.clone()),
             };
-            if source.header.is_none() && !source.basic_auth && source.cookie.is_none() && o.header.is_none() {
+            if source.header.is_none()
+                && !source.basic_auth
+                && source.cookie.is_none()
+                && o.header.is_none()
+            {
                 c.err(k("header"), "rule \"identity\" needs a header, basic_auth = true or a cookie to read the user from");
             }
             Some(OperatorRule::Identity {
@@ -560,7 +838,12 @@ fn operator_rule(c: &mut Checker, i: usize, o: &RawOperatorRule) -> Option<Opera
             })
         }
         other => {
-            c.err(k("rule"), format!("`{other}` is not one of \"fixed\", \"first-active\", \"identity\", \"spread\""));
+            c.err(
+                k("rule"),
+                format!(
+                    "`{other}` is not one of \"fixed\", \"first-active\", \"identity\", \"spread\""
+                ),
+            );
             None
         }
     }
@@ -569,12 +852,19 @@ fn operator_rule(c: &mut Checker, i: usize, o: &RawOperatorRule) -> Option<Opera
 /// Two routes claiming the same host and path prefix would make routing depend
 /// on file order; refuse that.
 fn check_host_clashes(c: &mut Checker, routes: &[Arc<Route>]) {
-    let mut seen: std::collections::HashMap<(String, bool, Option<u16>, String), &str> = Default::default();
+    let mut seen: std::collections::HashMap<(String, bool, Option<u16>, String), &str> =
+        Default::default();
     for (i, r) in routes.iter().enumerate() {
         for h in &r.hosts {
             let key = (h.name.clone(), h.wildcard, h.port, r.path_prefix.clone());
             if let Some(other) = seen.insert(key, &r.name) {
-                c.err(format!("routes[{i}].hosts"), format!("`{h}` with path_prefix `{}` is already claimed by route `{other}`", r.path_prefix));
+                c.err(
+                    format!("routes[{i}].hosts"),
+                    format!(
+                        "`{h}` with path_prefix `{}` is already claimed by route `{other}`",
+                        r.path_prefix
+                    ),
+                );
             }
         }
     }
@@ -585,7 +875,10 @@ mod tests {
     use super::*;
 
     fn issues(toml: &str) -> Vec<ConfigIssue> {
-        from_toml_str(toml).err().map(|e| e.issues).unwrap_or_default()
+        from_toml_str(toml)
+            .err()
+            .map(|e| e.issues)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -617,14 +910,32 @@ mod tests {
             password = "hunter2"
             "#,
         );
-        assert!(got.iter().any(|i| i.key == "accounts.main.password" && i.message.contains("never inline")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|i| i.key == "accounts.main.password" && i.message.contains("never inline")),
+            "{got:?}"
+        );
         assert!(got.iter().all(|i| !i.to_string().contains("hunter2")));
     }
 
     #[test]
     fn host_patterns() {
-        assert_eq!(host_pattern("Example.COM").unwrap(), HostPattern { name: "example.com".into(), wildcard: false, port: None });
-        assert_eq!(host_pattern("*.a.b:8080").unwrap(), HostPattern { name: "a.b".into(), wildcard: true, port: Some(8080) });
+        assert_eq!(
+            host_pattern("Example.COM").unwrap(),
+            HostPattern {
+                name: "example.com".into(),
+                wildcard: false,
+                port: None
+            }
+        );
+        assert_eq!(
+            host_pattern("*.a.b:8080").unwrap(),
+            HostPattern {
+                name: "a.b".into(),
+                wildcard: true,
+                port: Some(8080)
+            }
+        );
         assert!(host_pattern("a b").is_err());
         assert!(host_pattern("a.b:x").is_err());
     }

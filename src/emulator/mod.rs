@@ -12,7 +12,7 @@
 //!   for tests that drive a separate emulator process. Faults never apply to these.
 
 mod api;
-mod jwt;
+pub mod jwt;
 mod seed;
 
 pub use jwt::decode_claims;

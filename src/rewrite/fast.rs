@@ -18,7 +18,6 @@
 //! test in `tests.rs` holds both paths to the same output bytes.
 
 use bytes::{Bytes, BytesMut};
-use memchr::memchr;
 
 /// A tag longer than this is left to lol_html, which can stream past tags it
 /// does not need without buffering them; we would have to hold it back.
@@ -78,28 +77,18 @@ static NAME_BYTE: [u8; 256] = {
     t
 };
 
-/// Elements lol_html never pushes onto its stack (HTML void elements).
-fn is_void(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"area"
-            | b"base"
-            | b"basefont"
-            | b"bgsound"
-            | b"br"
-            | b"col"
-            | b"embed"
-            | b"hr"
-            | b"img"
-            | b"input"
-            | b"keygen"
-            | b"link"
-            | b"meta"
-            | b"param"
-            | b"source"
-            | b"track"
-            | b"wbr"
-    )
+/// What a start tag's name means to the fast path.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Pushed onto the stack; nothing else.
+    Normal,
+    /// Never pushed (HTML void elements, as lol_html's stack treats them).
+    Void,
+    /// Pushed, and its text is raw until its end tag.
+    Raw(RawKind),
+    /// Changes the rules (foreign content, template contents) or decides the
+    /// page (frameset, plaintext): lol_html's business.
+    HandsOver,
 }
 
 /// How the text after a start tag is tokenized.
@@ -110,22 +99,17 @@ enum RawKind {
     Text,
 }
 
-fn raw_kind(name: &[u8]) -> Option<RawKind> {
+fn kind(name: &[u8]) -> Kind {
     match name {
-        b"script" => Some(RawKind::Script),
+        b"area" | b"base" | b"basefont" | b"bgsound" | b"br" | b"col" | b"embed" | b"hr"
+        | b"img" | b"input" | b"keygen" | b"link" | b"meta" | b"param" | b"source" | b"track"
+        | b"wbr" => Kind::Void,
+        b"script" => Kind::Raw(RawKind::Script),
         b"textarea" | b"title" | b"style" | b"iframe" | b"xmp" | b"noembed" | b"noframes"
-        | b"noscript" => Some(RawKind::Text),
-        _ => None,
+        | b"noscript" => Kind::Raw(RawKind::Text),
+        b"svg" | b"math" | b"template" | b"frameset" | b"plaintext" => Kind::HandsOver,
+        _ => Kind::Normal,
     }
-}
-
-/// Start tags that change the rules (foreign content, template contents) or
-/// that decide the page (frameset, plaintext): lol_html's business.
-fn hands_over(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"svg" | b"math" | b"template" | b"frameset" | b"plaintext"
-    )
 }
 
 fn is_space(b: u8) -> bool {
@@ -176,6 +160,7 @@ enum Scan {
 }
 
 impl Scanner {
+    /// A scanner at the top of a page; `script_id` marks a page that already has the widget.
     pub(super) fn new(script_id: &str) -> Self {
         Scanner {
             stack: Vec::new(),
@@ -230,7 +215,7 @@ impl Scanner {
         }
     }
 
-    /// Bytes held for the next chunk (tests check memory stays flat).
+    /// Bytes allocated for what is held for the next chunk (tests check memory stays flat).
     #[cfg(test)]
     pub(super) fn pending_len(&self) -> usize {
         self.pending.capacity()
@@ -249,7 +234,7 @@ impl Scanner {
             let step = match self.text {
                 Text::Data => self.data(buf, pos),
                 Text::Comment => self.comment(buf, pos, pos),
-                Text::Bogus => match memchr(b'>', &buf[pos..]) {
+                Text::Bogus => match find(b'>', &buf[pos..]) {
                     Some(i) => {
                         self.text = Text::Data;
                         Ok(pos + i + 1)
@@ -267,7 +252,7 @@ impl Scanner {
 
     /// Data state from `pos`: returns where to continue, or how the scan ends.
     fn data(&mut self, buf: &[u8], pos: usize) -> Result<usize, Scan> {
-        let Some(i) = memchr(b'<', &buf[pos..]) else {
+        let Some(i) = find(b'<', &buf[pos..]) else {
             return Err(Scan::Hold(buf.len()));
         };
         let lt = pos + i;
@@ -329,7 +314,7 @@ impl Scanner {
     /// comment ends at the first `>` after `--` or `--!` inside that text.
     fn comment(&mut self, buf: &[u8], pos: usize, start: usize) -> Result<usize, Scan> {
         let mut from = pos;
-        while let Some(i) = memchr(b'>', &buf[from..]) {
+        while let Some(i) = find(b'>', &buf[from..]) {
             let gt = from + i;
             let text = &buf[start..gt];
             if text.ends_with(b"--") || text.ends_with(b"--!") {
@@ -350,7 +335,7 @@ impl Scanner {
         };
         let name = name.as_bytes();
         loop {
-            let Some(i) = memchr(b'<', &buf[pos..]) else {
+            let Some(i) = find(b'<', &buf[pos..]) else {
                 return Err(Scan::Hold(buf.len()));
             };
             let lt = pos + i;
@@ -395,10 +380,17 @@ impl Scanner {
         let Some(name) = Name::new(&buf[name_start..name_end]) else {
             return Err(Scan::Handoff(lt));
         };
+        let kind = if is_end {
+            Kind::Normal
+        } else {
+            kind(name.as_bytes())
+        };
+        if kind == Kind::HandsOver {
+            return Err(Scan::Handoff(lt));
+        }
         // Only raw-text start tags (scripts among them) need their attributes
         // read; for the rest, finding the closing `>` is enough.
-        let detailed = !is_end && raw_kind(name.as_bytes()).is_some();
-        let tag = match finish_tag(buf, name_end, detailed) {
+        let tag = match finish_tag(buf, name_end, matches!(kind, Kind::Raw(_))) {
             Parsed::Incomplete => return Err(hold_from(buf, lt)),
             Parsed::Tag(tag) => tag,
         };
@@ -412,24 +404,25 @@ impl Scanner {
             self.text = Text::Data;
             return Ok(tag.end);
         }
-        let raw = raw_kind(name.as_bytes());
-        if hands_over(name.as_bytes())
-            || (raw.is_some() && (tag.self_closing || tag.ended_before_value))
-            || self.stack.len() >= MAX_DEPTH
-        {
+        if self.stack.len() >= MAX_DEPTH {
             return Err(Scan::Handoff(lt));
         }
-        if name.is(b"script")
-            && let Some((from, to)) = tag.id
-            && buf[from..to] == *self.script_id
-        {
-            return Err(Scan::AlreadyPresent);
-        }
-        if !is_void(name.as_bytes()) {
-            self.stack.push(name);
-        }
-        if let Some(kind) = raw {
-            self.text = Text::Raw(kind);
+        match kind {
+            Kind::Void => {}
+            Kind::Raw(raw) => {
+                if tag.self_closing || tag.ended_before_value {
+                    return Err(Scan::Handoff(lt));
+                }
+                if raw == RawKind::Script
+                    && let Some((from, to)) = tag.id
+                    && buf[from..to] == *self.script_id
+                {
+                    return Err(Scan::AlreadyPresent);
+                }
+                self.stack.push(name);
+                self.text = Text::Raw(raw);
+            }
+            Kind::Normal | Kind::HandsOver => self.stack.push(name),
         }
         Ok(tag.end)
     }
@@ -442,6 +435,18 @@ fn hold_from(buf: &[u8], at: usize) -> Scan {
         Scan::Handoff(at)
     } else {
         Scan::Hold(at)
+    }
+}
+
+/// `memchr`, with a plain loop over the first bytes: between tags and inside
+/// them the distances are mostly short, where memchr's set-up dominates.
+#[inline]
+fn find(needle: u8, hay: &[u8]) -> Option<usize> {
+    const SHORT: usize = 16;
+    match hay.iter().take(SHORT).position(|&b| b == needle) {
+        Some(i) => Some(i),
+        None if hay.len() <= SHORT => None,
+        None => memchr::memchr(needle, &hay[SHORT..]).map(|i| i + SHORT),
     }
 }
 
@@ -514,16 +519,19 @@ enum Attr {
 /// can contain `>`); otherwise, and when `detailed`, lol_html's states decide.
 fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
     if !detailed {
-        let Some(i) = memchr(b'>', &buf[p..]) else {
-            return Parsed::Incomplete;
-        };
-        if memchr::memchr2(b'"', b'\'', &buf[p..p + i]).is_none() {
-            return Parsed::Tag(Tag {
-                end: p + i + 1,
-                self_closing: false,
-                ended_before_value: false,
-                id: None,
-            });
+        for (i, &b) in buf[p..].iter().enumerate() {
+            match b {
+                b'>' => {
+                    return Parsed::Tag(Tag {
+                        end: p + i + 1,
+                        self_closing: false,
+                        ended_before_value: false,
+                        id: None,
+                    });
+                }
+                b'"' | b'\'' => break,
+                _ => {}
+            }
         }
     }
     parse_attributes(buf, p)
@@ -618,7 +626,7 @@ fn parse_attributes(buf: &[u8], mut p: usize) -> Parsed {
                     state = Attr::Unquoted;
                 }
             },
-            Attr::Quoted(q) => match memchr(q, &buf[p..]) {
+            Attr::Quoted(q) => match find(q, &buf[p..]) {
                 Some(i) => {
                     p += i;
                     finish(&mut tag, attr_name, (value_start, p));

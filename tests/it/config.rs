@@ -423,5 +423,76 @@ fn the_commented_example_config_validates_as_is() {
     let toml = std::fs::read_to_string(path).expect("config.toml");
     let cfg = chathub_proxy::config::from_toml_str(&toml).expect("config.toml must validate");
     assert_eq!(cfg.routes.len(), 1);
-    assert!(cfg.inject.dev_token.is_some(), "the example injects the development token");
+    assert!(
+        cfg.inject.dev_token.is_some(),
+        "the example injects the development token"
+    );
+}
+
+/// `chathub-proxy token HOST/PATH` mints through the configured account and
+/// route (the emulator plays ChatHub), and names the route when none matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_command_mints_through_the_configured_route() {
+    use chathub_proxy::emulator::{Emulator, Seed};
+    let emu = Emulator::start("127.0.0.1:0".parse().expect("addr"), Seed::demo())
+        .await
+        .expect("emulator");
+    let dir = scratch("token-command");
+    std::fs::write(dir.join("password"), "demo-password").expect("password file");
+    let toml = format!(
+        r#"
+        [accounts.demo]
+        base_url = "{url}"
+        login = "demo"
+        password_file = "{pw}"
+        [[routes]]
+        name = "shop"
+        hosts = ["shop.test"]
+        path_prefix = "/shop"
+        upstream = "http://127.0.0.1:9"
+        organization = "Sales"
+        operator = {{ rule = "fixed", id = 32 }}
+        "#,
+        url = emu.url(),
+        pw = dir.join("password").display()
+    );
+    std::fs::write(dir.join("config.toml"), toml).expect("config");
+    let dir2 = dir.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        run_check(
+            &dir2,
+            &["token", "--config", "config.toml", "shop.test/shop/cart"],
+            &[],
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("route: shop"), "{}", run.stdout);
+    let token = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("token line")
+        .to_owned();
+    let claims =
+        chathub_proxy::emulator::jwt::decode_claims(&token).expect("a JWT from the emulator");
+    assert_eq!(claims["operator_id"], 32, "{claims:?}");
+    assert_eq!(emu.calls("/api/operator/get-token"), 1);
+    // A target no route serves is an error naming it, not a token.
+    let run = tokio::task::spawn_blocking(move || {
+        run_check(
+            &dir,
+            &["token", "--config", "config.toml", "other.test/"],
+            &[],
+        )
+    })
+    .await
+    .expect("join");
+    assert_ne!(run.code, 0);
+    assert!(
+        run.all().contains("no route for other.test/"),
+        "{}",
+        run.all()
+    );
 }

@@ -1,11 +1,11 @@
 //! The one integration-test binary: real sockets, in-process servers on port 0.
 
-mod support;
-mod core_proxy;
-mod config;
-mod tokens;
-mod emulator;
 mod chathub;
-mod inject;
+mod config;
+mod core_proxy;
 mod csp;
+mod emulator;
+mod inject;
 mod proxy_tokens;
+mod support;
+mod tokens;
