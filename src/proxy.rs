@@ -45,7 +45,8 @@ pub struct State {
     /// What the widget needs from a page's Content-Security-Policy.
     pub csp: Arc<CspSettings>,
     pub tokens: Tokens,
-    /// The session cookie's two possible names (plain and `__Host-`).
+    /// The session cookie's two names, `[__Host- (https), plain]`, computed
+    /// once instead of per request.
     cookie_names: [String; 2],
 }
 
@@ -72,6 +73,11 @@ impl State {
             config,
         })
     }
+
+    /// The session cookie name for the client's scheme.
+    fn cookie_name(&self, https: bool) -> &str {
+        &self.cookie_names[if https { 0 } else { 1 }]
+    }
 }
 
 const X_CHATHUB_INJECT: HeaderName = HeaderName::from_static("x-chathub-inject");
@@ -91,8 +97,8 @@ pub async fn handle(
         route = field::Empty,
         upstream = field::Empty,
     );
-    let mut route_name: Option<String> = None;
-    let resp = match handle_inner(&state, peer, req, &span, &mut route_name)
+    let mut matched: Option<Arc<Route>> = None;
+    let resp = match handle_inner(&state, peer, req, &span, &mut matched)
         .instrument(span.clone())
         .await
     {
@@ -106,9 +112,10 @@ pub async fn handle(
             e.into_response()
         }
     };
-    state
-        .metrics
-        .request(route_name.as_deref().unwrap_or("-"), resp.status().as_u16());
+    state.metrics.request(
+        matched.as_ref().map_or("-", |r| r.name.as_str()),
+        resp.status().as_u16(),
+    );
     let status = resp.status().as_u16();
     Ok(resp.map(|b| LoggedBody::wrap(b, span, status, start)))
 }
@@ -118,7 +125,7 @@ async fn handle_inner(
     peer: SocketAddr,
     mut req: Request<Incoming>,
     span: &Span,
-    route_name: &mut Option<String>,
+    matched: &mut Option<Arc<Route>>,
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &state.config;
 
@@ -139,20 +146,13 @@ async fn handle_inner(
         .clone();
     span.record("route", route.name.as_str());
     span.record("upstream", field::display(&route.upstream));
-    *route_name = Some(route.name.clone());
+    *matched = Some(route.clone());
 
     // 3. The upstream request.
     let upgrade = requested_upgrade(req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
-    // Every Accept-Encoding line the client sent, for choosing the output coding.
-    let client_accept: HeaderMap = parts
-        .headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .map(|v| (header::ACCEPT_ENCODING, v.clone()))
-        .collect();
     let trusted = cfg.server.is_trusted(peer.ip());
     let https = client_is_https(&parts.headers, trusted);
 
@@ -167,8 +167,7 @@ async fn handle_inner(
     }
     // Over HTTPS only the `__Host-` cookie counts: a plain one could have been
     // planted by a sibling subdomain or over plain HTTP.
-    let session_id =
-        session::from_headers(&parts.headers, &session::cookie_name(&cfg.session, https));
+    let session_id = session::from_headers(&parts.headers, state.cookie_name(https));
     let identity = crate::operator::identity_for(&route, &parts.headers, trusted);
     // The proxy's own cookie is none of the upstream's business.
     session::strip_from_request(&mut parts.headers, &state.cookie_names);
@@ -197,6 +196,14 @@ async fn handle_inner(
     let page =
         match inject::check_request(&parts.method, &path, &parts.headers, &route, &cfg.inject) {
             Ok(()) => {
+                // Every Accept-Encoding line the client sent, kept for choosing
+                // the output coding before the upstream's copy is narrowed.
+                let client_accept: HeaderMap = parts
+                    .headers
+                    .get_all(header::ACCEPT_ENCODING)
+                    .iter()
+                    .map(|v| (header::ACCEPT_ENCODING, v.clone()))
+                    .collect();
                 inject::prepare_upstream_request(&mut parts.headers);
                 let (session, is_new) = match session_id {
                     Some(s) => (s, false),
@@ -208,7 +215,7 @@ async fn handle_inner(
                     session,
                     identity,
                 ));
-                Ok((pending, session, is_new))
+                Ok((pending, session, is_new, client_accept))
             }
             Err(skip) => Err(skip),
         };
@@ -238,20 +245,26 @@ async fn handle_inner(
         Err(skip) => Err(skip),
         // The page's CSP is judged before waiting for the token: a page it
         // blocks goes out unchanged either way.
-        Ok((pending, session, is_new)) => {
+        Ok((pending, session, is_new, client_accept)) => {
             match inject::check_response(rparts.status, &rparts.headers, &cfg.inject)
                 .and_then(|info| Ok((info, judge_csp(&rparts.headers, &route, state)?)))
             {
                 Err(skip) => Err(skip),
                 Ok((info, csp_plan)) => {
                     match pending.resolve(&state.metrics, cfg.token.budget).await {
-                        Ok(issued) => Ok((info, Insert::Widget(issued, csp_plan), session, is_new)),
+                        Ok(issued) => Ok((
+                            info,
+                            Insert::Widget(issued, csp_plan),
+                            session,
+                            is_new,
+                            client_accept,
+                        )),
                         // ChatHub slow or down: the configured fallback contact, as the
                         // integration guide recommends, instead of nothing.
                         Err(skip @ (Skip::TokenBudget | Skip::TokenUnavailable))
                             if cfg.inject.fallback_html.is_some() =>
                         {
-                            Ok((info, Insert::Fallback(skip), session, is_new))
+                            Ok((info, Insert::Fallback(skip), session, is_new, client_accept))
                         }
                         Err(skip) => {
                             // No widget this time, but the session exists: a mint past
@@ -266,7 +279,7 @@ async fn handle_inner(
             }
         }
     };
-    let (info, insert, session, is_new) = match decision {
+    let (info, insert, session, is_new, client_accept) = match decision {
         Ok(x) => x,
         Err(skip) => {
             state.metrics.skipped(skip.reason());
