@@ -8,8 +8,10 @@
 //!
 //! `tokens.rs` tests the token layer on its own; these go through HTTP.
 
+use crate::support;
 use crate::support::client::{self, Got, TestClient, fetch, http1, http1_from};
 use crate::support::harness::Proxy;
+use crate::support::secrets::Captured;
 use crate::support::tokens_support::*;
 use chathub_proxy::emulator::Fault;
 use std::collections::HashSet;
@@ -779,7 +781,6 @@ async fn the_identity_header_is_believed_only_from_a_trusted_proxy() {
 // 8. No secret in the logs, at TRACE.
 
 /// Env var that makes [`secrets_scenario`] run (in the child process only).
-const SECRETS_LOG: &str = "CHATHUB_PROXY_TEST_PROXY_SECRETS_LOG";
 
 #[test]
 fn no_token_password_or_session_id_in_trace_logs_of_the_proxy_path() {
@@ -787,35 +788,8 @@ fn no_token_password_or_session_id_in_trace_logs_of_the_proxy_path() {
     // subscriber next to other tests running in parallel would miss events.
     // The scenario runs alone in a child process of this test binary, with a
     // global subscriber writing to a file (as tokens.rs does).
-    let log = std::env::temp_dir().join(format!(
-        "chathub-proxy-proxy-secrets-{}-{:x}.log",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"));
-    child
-        .args([
-            "proxy_tokens::secrets_scenario",
-            "--exact",
-            "--include-ignored",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(SECRETS_LOG, &log)
-        .env_remove("RUST_LOG")
-        .env_remove("TEST_LOG");
-    let out = child.output().expect("run the scenario");
-    let secrets_path = log.with_extension("secrets");
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    let secrets = std::fs::read_to_string(&secrets_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    let _ = std::fs::remove_file(&secrets_path);
-    assert!(
-        out.status.success(),
-        "scenario failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let Captured { logs, secrets, .. } =
+        support::secrets::run_child("proxy_tokens::secrets_scenario");
     // The capture works, and saw the request path, the mints, the failures.
     for expected in [
         "minted an operator token",
@@ -829,9 +803,8 @@ fn no_token_password_or_session_id_in_trace_logs_of_the_proxy_path() {
             "no {expected:?} in the logs:\n{logs}"
         );
     }
-    let secrets: Vec<&str> = secrets.lines().filter(|l| !l.is_empty()).collect();
     assert!(secrets.len() >= 15, "{secrets:?}");
-    for s in secrets {
+    for s in secrets.iter().map(String::as_str) {
         assert!(s.len() >= 16, "too short to search for: {s:?}");
         if let Some(line) = logs.lines().find(|l| l.contains(s)) {
             panic!("a secret reached the logs:\n{line}");
@@ -844,27 +817,9 @@ fn no_token_password_or_session_id_in_trace_logs_of_the_proxy_path() {
 #[test]
 #[ignore = "run in a child process by no_token_password_or_session_id_in_trace_logs_of_the_proxy_path"]
 fn secrets_scenario() {
-    let Some(log) = std::env::var_os(SECRETS_LOG) else {
-        return;
-    };
-    let log = std::path::PathBuf::from(log);
-    let file = std::fs::File::create(&log).expect("log file");
-    tracing_subscriber::fmt()
-        // Everything at TRACE, the proxy's dependencies included; the
-        // emulator is the far side and may say what it likes.
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "trace,chathub_proxy::emulator=off",
-        ))
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let secrets = rt.block_on(secrets_scenario_body());
-    std::fs::write(log.with_extension("secrets"), secrets.join("\n")).expect("secrets file");
+    // Everything at TRACE, the proxy's dependencies included; the emulator is
+    // the far side and may say what it likes.
+    support::secrets::child("trace,chathub_proxy::emulator=off", secrets_scenario_body);
 }
 
 async fn secrets_scenario_body() -> Vec<String> {

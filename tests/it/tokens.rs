@@ -3,7 +3,9 @@
 //! operator rule, the circuit breaker, tokens shared through Redis, the token
 //! endpoint, and no secret in the logs.
 
+use crate::support;
 use crate::support::harness::{config, substitute};
+use crate::support::secrets::Captured;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chathub_proxy::config::{Config, Route};
@@ -871,52 +873,22 @@ async fn development_token_and_no_token_routes() {
 }
 
 /// Env var that makes [`secrets_scenario`] run (in the child process only).
-const SECRETS_LOG: &str = "CHATHUB_PROXY_TEST_SECRETS_LOG";
 
 #[test]
 fn no_token_password_or_session_id_in_trace_logs() {
-    // tracing caches each call site's interest process-wide, so a capturing
-    // subscriber next to other tests running in parallel misses events. The
-    // scenario therefore runs alone in a child process of this test binary,
-    // with a global subscriber writing to a file.
-    let dir = std::env::temp_dir();
-    let log = dir.join(format!(
-        "chathub-proxy-secrets-{}-{:x}.log",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "tokens::secrets_scenario",
-            "--exact",
-            "--include-ignored",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(SECRETS_LOG, &log)
-        .output()
-        .unwrap();
-    let secrets_path = log.with_extension("secrets");
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    let secrets = std::fs::read_to_string(&secrets_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    let _ = std::fs::remove_file(&secrets_path);
-    assert!(
-        out.status.success(),
-        "scenario failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let Captured { logs, secrets, .. } = support::secrets::run_child("tokens::secrets_scenario");
     assert!(
         logs.contains("minted an operator token"),
         "the capture works: {logs}"
     );
     assert!(logs.contains("circuit breaker open"), "{logs}");
     assert!(logs.contains("redis unavailable"), "{logs}");
-    let secrets: Vec<&str> = secrets.lines().filter(|l| !l.is_empty()).collect();
     assert!(secrets.len() >= 10, "{secrets:?}");
-    for s in secrets {
-        assert!(!logs.contains(s), "a secret reached the logs:\n{logs}");
+    for s in &secrets {
+        assert!(
+            !logs.contains(s.as_str()),
+            "a secret reached the logs:\n{logs}"
+        );
     }
 }
 
@@ -925,76 +897,61 @@ fn no_token_password_or_session_id_in_trace_logs() {
 #[test]
 #[ignore = "run in a child process by no_token_password_or_session_id_in_trace_logs"]
 fn secrets_scenario() {
-    let Some(log) = std::env::var_os(SECRETS_LOG) else {
-        return;
-    };
-    let log = std::path::PathBuf::from(log);
-    let file = std::fs::File::create(&log).unwrap();
-    tracing_subscriber::fmt()
-        // Our code at TRACE; the emulator is the far side and may say what it likes.
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "chathub_proxy=trace,chathub_proxy::emulator=off",
-        ))
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let secrets = rt.block_on(async {
-        let emu = emulator().await;
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let extra = redis_extra(
-            &unique_prefix("secrets"),
-            &format!("redis://:canary-redis-pw@127.0.0.1:{closed}"),
-        );
-        let token = "breaker_failures = 2\nbreaker_open_for = \"300ms\"";
-        let cfg = cfg(
-            &emu,
-            token,
-            &extra,
-            &[
-                ("support", "6", FIRST_ACTIVE),
-                ("staff", "6", IDENTITY_PROVISION),
-                ("sales", "\"Sales\"", FIRST_ACTIVE),
-            ],
-        );
-        let (tokens, _) = tokens(&cfg);
-        let _ = tokens.resolve().await;
-        let mut secrets = vec!["demo-password".to_owned(), "canary-redis-pw".to_owned()];
-        for name in ["support", "staff", "sales"] {
-            let s = session::new_id();
-            secrets.push(s.expose());
-            let t = tokens
-                .token_for(&route(&cfg, name), &s, Some("Canary Person".into()))
-                .await
-                .unwrap();
-            secrets.push(t.token.expose().to_owned());
-            secrets.push(t.token.expose().rsplit('.').next().unwrap().to_owned());
-            let mut req = token_request(
-                "/api/chathub/token",
-                Some(format!("__Host-chathub_sid={}", s.expose())),
+    // Our code at TRACE; the emulator is the far side and may say what it likes.
+    support::secrets::child(
+        "chathub_proxy=trace,chathub_proxy::emulator=off",
+        || async {
+            let emu = emulator().await;
+            let closed = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let extra = redis_extra(
+                &unique_prefix("secrets"),
+                &format!("redis://:canary-redis-pw@127.0.0.1:{closed}"),
             );
-            req.headers
-                .insert("x-user", HeaderValue::from_static("Canary Person"));
-            let (status, _, body) =
-                json_of(tokens.endpoint(&route(&cfg, name), &req, true, true).await).await;
-            assert_eq!(status, 200, "{body}");
-        }
-        // Failures and the breaker log too.
-        emu.set_fault(Fault::Error500);
-        for _ in 0..4 {
-            let s = session::new_id();
-            secrets.push(s.expose());
-            let _ = tokens.token_for(&route(&cfg, "support"), &s, None).await;
-        }
-        secrets
-    });
-    std::fs::write(log.with_extension("secrets"), secrets.join("\n")).unwrap();
+            let token = "breaker_failures = 2\nbreaker_open_for = \"300ms\"";
+            let cfg = cfg(
+                &emu,
+                token,
+                &extra,
+                &[
+                    ("support", "6", FIRST_ACTIVE),
+                    ("staff", "6", IDENTITY_PROVISION),
+                    ("sales", "\"Sales\"", FIRST_ACTIVE),
+                ],
+            );
+            let (tokens, _) = tokens(&cfg);
+            let _ = tokens.resolve().await;
+            let mut secrets = vec!["demo-password".to_owned(), "canary-redis-pw".to_owned()];
+            for name in ["support", "staff", "sales"] {
+                let s = session::new_id();
+                secrets.push(s.expose());
+                let t = tokens
+                    .token_for(&route(&cfg, name), &s, Some("Canary Person".into()))
+                    .await
+                    .unwrap();
+                secrets.push(t.token.expose().to_owned());
+                secrets.push(t.token.expose().rsplit('.').next().unwrap().to_owned());
+                let mut req = token_request(
+                    "/api/chathub/token",
+                    Some(format!("__Host-chathub_sid={}", s.expose())),
+                );
+                req.headers
+                    .insert("x-user", HeaderValue::from_static("Canary Person"));
+                let (status, _, body) =
+                    json_of(tokens.endpoint(&route(&cfg, name), &req, true, true).await).await;
+                assert_eq!(status, 200, "{body}");
+            }
+            // Failures and the breaker log too.
+            emu.set_fault(Fault::Error500);
+            for _ in 0..4 {
+                let s = session::new_id();
+                secrets.push(s.expose());
+                let _ = tokens.token_for(&route(&cfg, "support"), &s, None).await;
+            }
+            secrets
+        },
+    );
 }

@@ -10,4 +10,5 @@ pub mod client;
 pub mod harness;
 pub mod inject_support;
 pub mod origin;
+pub mod secrets;
 pub mod tokens_support;
