@@ -154,7 +154,12 @@ async fn handle_inner(
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
     let trusted = cfg.server.is_trusted(peer.ip());
-    let https = client_is_https(&parts.headers, trusted);
+    // Hop-by-hop headers go before the forwarded ones are set, so that
+    // `Connection: X-Forwarded-For` cannot delete what the proxy adds. The
+    // proxy terminates no TLS: only a trusted proxy in front can say HTTPS.
+    forwarded::strip_hop_by_hop(&mut parts.headers);
+    let client = forwarded::set_forwarded(&mut parts.headers, peer.ip(), trusted, "http", &host);
+    let https = client.proto == "https";
 
     // The token endpoint for long-lived pages is answered here, never upstream.
     if path == cfg.inject.token_path {
@@ -179,8 +184,6 @@ async fn handle_inner(
         }
     }
 
-    forwarded::strip_hop_by_hop(&mut parts.headers);
-    let _client = forwarded::set_forwarded(&mut parts.headers, peer.ip(), trusted, "http", &host);
     if let Some(proto) = &upgrade {
         parts
             .headers
@@ -423,22 +426,6 @@ fn set_session_cookie(headers: &mut HeaderMap, cfg: &Config, session: &SessionId
         header::SET_COOKIE,
         session::set_cookie(&cfg.session, session, https),
     );
-}
-
-/// Whether the client side is HTTPS: the proxy terminates no TLS itself, so only
-/// a trusted proxy in front can say so.
-fn client_is_https(headers: &HeaderMap, trusted: bool) -> bool {
-    trusted
-        && headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("https")
-            })
 }
 
 fn mark(headers: &mut HeaderMap, cfg: &Config, outcome: Result<(), Skip>) {
