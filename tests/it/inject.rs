@@ -690,3 +690,82 @@ async fn an_upstream_failure_mid_page_aborts_the_client_transfer() {
         proxy.shutdown().await;
     }
 }
+
+/// Issue 3, charsets, through the running proxy: each page comes out
+/// byte-identical but for the one tag, whether its charset is named by the
+/// header or only by its `<meta>`, identity or gzip; `Content-Type` is never
+/// altered; a UTF-16 page passes through untouched.
+#[tokio::test]
+async fn non_utf8_pages_come_out_byte_identical_but_for_the_tag() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let cases = [
+        ("windows-1251.html", "windows-1251"),
+        ("shift_jis.html", "Shift_JIS"),
+        ("euc-kr.html", "EUC-KR"),
+        ("iso-8859-1.html", "ISO-8859-1"),
+    ];
+    let mut builder = Origin::builder();
+    let mut expected = Vec::new();
+    for (file, charset) in cases {
+        let bytes = std::fs::read(format!("{fixtures}/{file}")).expect("fixture");
+        let header_ct = format!("text/html; charset={charset}");
+        for (path, ct) in [
+            (format!("/h/{file}"), header_ct.as_str()),
+            (format!("/m/{file}"), "text/html"),
+        ] {
+            builder =
+                builder.fixed_with_headers(&path, 200, &[("content-type", ct)], bytes.clone());
+            expected.push((path, ct.to_owned(), bytes.clone(), "identity"));
+        }
+        let gz_path = format!("/gz/{file}");
+        builder = builder.fixed_with_headers(
+            &gz_path,
+            200,
+            &[
+                ("content-type", header_ct.as_str()),
+                ("content-encoding", "gzip"),
+            ],
+            compress("gzip", &bytes),
+        );
+        expected.push((gz_path, header_ct.clone(), bytes, "gzip"));
+    }
+    let utf16 = std::fs::read(format!("{fixtures}/utf16le-bom.html")).expect("fixture");
+    builder = builder.fixed_with_headers(
+        "/utf16",
+        200,
+        &[("content-type", "text/html")],
+        utf16.clone(),
+    );
+    let origin = builder.start().await;
+    let proxy = Proxy::with_origin(PROXY_TOML, &origin).await;
+    let c = client::http1(proxy.addr);
+
+    for (path, ct, original, enc) in expected {
+        let got = client::fetch(
+            &c,
+            req(Method::GET, "site.test", &path, &[("accept-encoding", enc)]),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{path}");
+        assert_eq!(
+            header(&got, "content-type").as_deref(),
+            Some(ct.as_str()),
+            "{path}: Content-Type altered"
+        );
+        let body = if coding_of(&got) == "identity" {
+            got.body.to_vec()
+        } else {
+            decompress(&coding_of(&got), &got.body)
+        };
+        let (rest, tags) = strip_tags(&body);
+        assert_eq!(tags, 1, "{path}: exactly one tag");
+        assert!(rest == original, "{path}: bytes outside the tag changed");
+    }
+    let got = client::fetch_get(&c, "site.test", "/utf16").await;
+    assert!(
+        got.body == utf16,
+        "a UTF-16 page must pass through untouched"
+    );
+    assert_eq!(strip_tags(&got.body).1, 0);
+    proxy.shutdown().await;
+}
