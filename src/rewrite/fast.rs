@@ -16,8 +16,16 @@
 //! element on the stack (output discarded), is in exactly the state it would
 //! have reached by reading the page from the top. The differential property
 //! test in `tests.rs` holds both paths to the same output bytes.
+//!
+//! When the proxy reads the page's own CSP ([`Watch::csp`]), the things lol_html
+//! would collect for it also hand over: a `<meta http-equiv>` and a `<script>`
+//! with a `nonce`. Nothing before such a tag is of interest to that scan, so
+//! lol_html, starting there, collects exactly what it would have from the top.
+//! The one thing before it that lol_html would have acted on, the first
+//! `<meta charset>` naming an encoding, is read here and passed on at hand-over.
 
 use bytes::{Bytes, BytesMut};
+use lol_html::AsciiCompatibleEncoding;
 
 /// A tag longer than this is left to lol_html, which can stream past tags it
 /// does not need without buffering them; we would have to hold it back.
@@ -140,6 +148,15 @@ pub(super) enum Step {
     Handoff { replay: Vec<u8>, rest: Bytes },
 }
 
+/// What the page scan of the lol_html path looks at, so the fast path must too.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Watch {
+    /// The page's `<meta>` CSP and script nonces are read (hand over at them).
+    pub csp: bool,
+    /// lol_html would follow the first `<meta charset>` (no charset in the header).
+    pub meta_charset: bool,
+}
+
 /// The fast path's state for one response.
 pub(super) struct Scanner {
     stack: Vec<Name>,
@@ -148,6 +165,9 @@ pub(super) struct Scanner {
     /// of a comment, carried to the next chunk.
     pending: BytesMut,
     script_id: Box<[u8]>,
+    watch: Watch,
+    /// The encoding the first `<meta charset>` named, once one did.
+    charset: Option<AsciiCompatibleEncoding>,
 }
 
 /// How a scan of one buffer ended.
@@ -161,13 +181,20 @@ enum Scan {
 
 impl Scanner {
     /// A scanner at the top of a page; `script_id` marks a page that already has the widget.
-    pub(super) fn new(script_id: &str) -> Self {
+    pub(super) fn new(script_id: &str, watch: Watch) -> Self {
         Scanner {
             stack: Vec::new(),
             text: Text::Data,
             pending: BytesMut::new(),
             script_id: script_id.as_bytes().into(),
+            watch,
+            charset: None,
         }
+    }
+
+    /// The encoding a `<meta charset>` switched to, for lol_html at hand-over.
+    pub(super) fn meta_charset(&self) -> Option<AsciiCompatibleEncoding> {
+        self.charset
     }
 
     /// Scan one chunk, handing output (slices of the input) to `out`.
@@ -388,12 +415,20 @@ impl Scanner {
         if kind == Kind::HandsOver {
             return Err(Scan::Handoff(lt));
         }
-        // Only raw-text start tags (scripts among them) need their attributes
-        // read; for the rest, finding the closing `>` is enough.
-        let tag = match finish_tag(buf, name_end, matches!(kind, Kind::Raw(_))) {
+        // Only raw-text start tags (scripts among them), and `<meta>` when the
+        // page scan is on, need their attributes read; for the rest, finding
+        // the closing `>` is enough.
+        let is_meta = !is_end && self.watch.csp && name.is(b"meta");
+        let tag = match finish_tag(buf, name_end, is_meta || matches!(kind, Kind::Raw(_))) {
             Parsed::Incomplete => return Err(hold_from(buf, lt)),
             Parsed::Tag(tag) => tag,
         };
+        if is_meta {
+            if tag.http_equiv {
+                return Err(Scan::Handoff(lt));
+            }
+            self.follow_charset(buf, &tag);
+        }
         if is_end {
             if name.is(b"body") && self.stack.iter().any(|n| n.is(b"body")) {
                 return Err(Scan::Inject(lt));
@@ -410,7 +445,10 @@ impl Scanner {
         match kind {
             Kind::Void => {}
             Kind::Raw(raw) => {
-                if tag.self_closing || tag.ended_before_value {
+                if tag.self_closing
+                    || tag.ended_before_value
+                    || (self.watch.csp && tag.nonce && raw == RawKind::Script)
+                {
                     return Err(Scan::Handoff(lt));
                 }
                 if raw == RawKind::Script
@@ -425,6 +463,20 @@ impl Scanner {
             Kind::Normal | Kind::HandsOver => self.stack.push(name),
         }
         Ok(tag.end)
+    }
+}
+
+impl Scanner {
+    /// lol_html's `adjust_charset_on_meta_tag`: the first `<meta charset>`
+    /// naming an ASCII-compatible encoding sets it, once.
+    fn follow_charset(&mut self, buf: &[u8], tag: &Tag) {
+        if !self.watch.meta_charset || self.charset.is_some() {
+            return;
+        }
+        if let Some((from, to)) = tag.charset {
+            self.charset = encoding_rs::Encoding::for_label_no_replacement(&buf[from..to])
+                .and_then(AsciiCompatibleEncoding::new);
+        }
     }
 }
 
@@ -496,6 +548,40 @@ struct Tag {
     ended_before_value: bool,
     /// Value of the first `id` attribute (empty range when it has none).
     id: Option<(usize, usize)>,
+    /// Value of the first `charset` attribute.
+    charset: Option<(usize, usize)>,
+    /// Has a `nonce` attribute.
+    nonce: bool,
+    /// Has an `http-equiv` attribute.
+    http_equiv: bool,
+}
+
+impl Tag {
+    fn ending_at(end: usize) -> Tag {
+        Tag {
+            end,
+            self_closing: false,
+            ended_before_value: false,
+            id: None,
+            charset: None,
+            nonce: false,
+            http_equiv: false,
+        }
+    }
+
+    /// Note one attribute (`name` and `value` as byte ranges of `buf`).
+    fn attribute(&mut self, buf: &[u8], name: (usize, usize), value: (usize, usize)) {
+        let name = &buf[name.0..name.1];
+        if name.eq_ignore_ascii_case(b"id") {
+            self.id.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case(b"nonce") {
+            self.nonce = true;
+        } else if name.eq_ignore_ascii_case(b"charset") {
+            self.charset.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case(b"http-equiv") {
+            self.http_equiv = true;
+        }
+    }
 }
 
 enum Parsed {
@@ -521,14 +607,7 @@ fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
     if !detailed {
         for (i, &b) in buf[p..].iter().enumerate() {
             match b {
-                b'>' => {
-                    return Parsed::Tag(Tag {
-                        end: p + i + 1,
-                        self_closing: false,
-                        ended_before_value: false,
-                        id: None,
-                    });
-                }
+                b'>' => return Parsed::Tag(Tag::ending_at(p + i + 1)),
                 b'"' | b'\'' => break,
                 _ => {}
             }
@@ -539,20 +618,13 @@ fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
 
 /// lol_html's attribute states (`syntax/tag`), from the end of the tag name at `p`.
 fn parse_attributes(buf: &[u8], mut p: usize) -> Parsed {
-    let mut tag = Tag {
-        end: 0,
-        self_closing: false,
-        ended_before_value: false,
-        id: None,
-    };
+    let mut tag = Tag::ending_at(0);
     let mut state = Attr::Before;
     // The attribute being read: its name, and where its value starts.
     let mut attr_name = (0, 0);
     let mut value_start = 0;
     let finish = |tag: &mut Tag, name: (usize, usize), value: (usize, usize)| {
-        if tag.id.is_none() && buf[name.0..name.1].eq_ignore_ascii_case(b"id") {
-            tag.id = Some(value);
-        }
+        tag.attribute(buf, name, value);
     };
     while p < buf.len() {
         // Runs of name and value bytes are most of a tag: skip them in a tight loop.

@@ -232,14 +232,17 @@ impl RewriteBody {
                 return; // stays `Pass`
             }
         };
-        // The fast path knows nothing of CSP or charsets: it needs a snippet
-        // that reads the same in every ASCII-compatible encoding.
-        let fast = self.fast
-            && plan.snippet.is_ascii()
-            && plan.script_id.is_ascii()
-            && self.csp.as_ref().is_none_or(|c| !c.inspects_page());
+        // The fast path writes no text of its own but the snippet: it needs
+        // one that reads the same in every ASCII-compatible encoding. A page
+        // CSP scan makes it hand over at `<meta http-equiv>` and nonced scripts.
+        let fast = self.fast && plan.snippet.is_ascii() && plan.script_id.is_ascii();
         if fast {
-            let scanner = fast::Scanner::new(&plan.script_id);
+            let csp = self.csp.as_ref().is_some_and(|c| c.inspects_page());
+            let watch = fast::Watch {
+                csp,
+                meta_charset: csp && charset.from_meta,
+            };
+            let scanner = fast::Scanner::new(&plan.script_id, watch);
             self.stage = Stage::Fast(Box::new(FastStage {
                 scanner,
                 plan,
@@ -292,7 +295,16 @@ impl RewriteBody {
         let Stage::Fast(f) = std::mem::replace(&mut self.stage, Stage::Pass) else {
             return None; // unreachable: matched above
         };
-        let mut engine = self.engine(&f.plan, f.charset, engine::no_hook);
+        // A `<meta charset>` the fast path read already fixed the encoding,
+        // as lol_html would have done (once per page).
+        let charset = match f.scanner.meta_charset() {
+            Some(encoding) => Charset {
+                encoding,
+                from_meta: false,
+            },
+            None => f.charset,
+        };
+        let mut engine = self.engine(&f.plan, charset, engine::no_hook);
         let sink = engine.sink();
         // Bring lol_html to where the fast path stopped: one start tag per open
         // element. Those bytes were already sent, so their output is dropped.

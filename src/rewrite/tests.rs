@@ -1076,7 +1076,43 @@ mod props {
 /// One path's output and metrics.
 type PathRun = (Vec<u8>, Arc<Metrics>);
 
+/// A page whose CSP the proxy handles (mode `auto`, no header policy): the
+/// rewriter then reads the page's `<meta>` policies and script nonces. Returns
+/// the plan with the snippet the proxy would render for it, and the page state.
+fn csp_page() -> (RewritePlan, Arc<crate::csp::PageCsp>) {
+    use crate::csp::{CspSettings, PageCsp};
+    let cfg = crate::config::from_toml_str("").unwrap_or_else(|e| panic!("{e}"));
+    let settings = Arc::new(CspSettings::from_parts("https://w.example/w.js", &[]));
+    let csp_plan = crate::csp::plan(
+        &http::HeaderMap::new(),
+        crate::config::CspMode::Auto,
+        &settings,
+    )
+    .unwrap_or_else(|_| panic!("no header policy blocks nothing"));
+    let page = PageCsp::new(
+        csp_plan,
+        settings,
+        Arc::new(crate::snippet::Snippet::new(&cfg.inject)),
+        crate::secret::Secret::new("T0k"),
+        None,
+    );
+    let plan = RewritePlan {
+        snippet: page.header_snippet().into(),
+        ..plan()
+    };
+    (plan, Arc::new(page))
+}
+
 fn both_paths(input: &[u8], sizes: &[usize], plan: &RewritePlan) -> (PathRun, PathRun) {
+    both_paths_with(input, sizes, plan, None)
+}
+
+fn both_paths_with(
+    input: &[u8],
+    sizes: &[usize],
+    plan: &RewritePlan,
+    csp: Option<&Arc<crate::csp::PageCsp>>,
+) -> (PathRun, PathRun) {
     let chunks = || {
         let mut chunks = Vec::new();
         let (mut at, mut i) = (0, 0);
@@ -1090,11 +1126,12 @@ fn both_paths(input: &[u8], sizes: &[usize], plan: &RewritePlan) -> (PathRun, Pa
     };
     let run = |fast: bool| {
         let metrics = Arc::new(Metrics::new());
-        let body = if fast {
+        let mut body = if fast {
             RewriteBody::new(chunks(), plan.clone(), metrics.clone())
         } else {
             RewriteBody::without_fast_path(chunks(), plan.clone(), metrics.clone())
         };
+        body.csp = csp.cloned();
         let (frames, _, err) = drive(body.boxed_unsync());
         assert!(err.is_none());
         (concat(&frames), metrics)
@@ -1103,18 +1140,42 @@ fn both_paths(input: &[u8], sizes: &[usize], plan: &RewritePlan) -> (PathRun, Pa
 }
 
 /// The outcome counters both paths must agree on.
-fn outcome(m: &Metrics) -> [u64; 5] {
+fn outcome(m: &Metrics) -> [u64; 6] {
     [
         injected_count(m),
         m.skipped_count("already_present"),
         m.skipped_count("frameset"),
         m.skipped_count("plaintext"),
         m.skipped_count("empty_body"),
+        m.skipped_count("csp"),
     ]
 }
 
 fn assert_same_paths(input: &[u8], sizes: &[usize]) {
-    let ((fast, fm), (slow, sm)) = both_paths(input, sizes, &plan());
+    assert_same_paths_with(input, sizes, &plan(), None);
+}
+
+/// Both paths, with and without the page CSP scan, give the same bytes and outcome.
+fn assert_same_paths_both_modes(input: &[u8], sizes: &[usize]) {
+    assert_same_paths(input, sizes);
+    let (plan, page) = csp_page();
+    assert_same_paths_with(input, sizes, &plan, Some(&page));
+    for enc in [encoding_rs::WINDOWS_1251, encoding_rs::UTF_8] {
+        let plan = RewritePlan {
+            encoding: Some(enc),
+            ..plan.clone()
+        };
+        assert_same_paths_with(input, sizes, &plan, Some(&page));
+    }
+}
+
+fn assert_same_paths_with(
+    input: &[u8],
+    sizes: &[usize],
+    plan: &RewritePlan,
+    csp: Option<&Arc<crate::csp::PageCsp>>,
+) {
+    let ((fast, fm), (slow, sm)) = both_paths_with(input, sizes, plan, csp);
     assert!(
         fast == slow,
         "fast path differs for {:?} (sizes {sizes:?}):\nfast: {:?}\nslow: {:?}",
@@ -1160,12 +1221,24 @@ fn fast_path_matches_lol_html_on_fixtures_and_table_cases() {
             "<body><div><body></div></body>",
             "<body><template></body></template></body>",
             "<body><svg><p></body>",
+            // The page CSP scan: `<meta>` policies, nonces, and the charset they are read in.
+            "<head><meta http-equiv=Content-Security-Policy content=\"script-src 'nonce-abc'\"></head>\
+             <body><script nonce=abc>x</script></body>",
+            "<body><script nonce=abc></script><meta http-equiv=content-security-policy \
+             content=\"script-src 'self'\"></body>",
+            "<meta charset=windows-1251><meta http-equiv=Content-Security-Policy \
+             content=\"script-src 'nonce-\u{416}'\"><body><script nonce=\"\u{416}\"></script></body>",
+            "<meta http-equiv=content-type content=\"text/html; charset=shift_jis\"><body></body>",
+            "<meta charset=bogus><meta charset=utf-16><META CHARSET=koi8-r><body></body>",
+            "<body><script NONCE>x</script></body>",
+            "<script nonce=abc></script><meta http-equiv=Content-Security-Policy \
+             content=\"script-src 'nonce-abc'\"><body></body>",
         ]
         .map(|s| s.as_bytes().to_vec()),
     );
     for page in pages {
         for sizes in [&[usize::MAX][..], &[1], &[2, 3], &[7], &[64, 1]] {
-            assert_same_paths(&page, sizes);
+            assert_same_paths_both_modes(&page, sizes);
         }
     }
 }
@@ -1184,7 +1257,7 @@ fn fast_path_decides_ordinary_pages_without_lol_html() {
     }
     page.push_str("<script>var s = '</body>' < 1;</script></body></html>");
     for size in [1, 13, 4096, usize::MAX] {
-        let mut scanner = fast::Scanner::new(ID);
+        let mut scanner = fast::Scanner::new(ID, fast::Watch::default());
         let mut out = Vec::new();
         let mut steps = Vec::new();
         for chunk in split(page.as_bytes(), size) {
@@ -1337,6 +1410,19 @@ mod differential {
             "&lt;",
             "é",
             "\u{0}",
+            "<meta charset=utf-8>",
+            "<meta charset=\"windows-1251\">",
+            "<META Charset=shift_jis>",
+            "<meta charset=utf-16>",
+            "<meta name=x content=y>",
+            "<meta http-equiv=Content-Security-Policy content=\"script-src 'nonce-n1'\">",
+            "<meta http-equiv=\"content-security-policy\" content=\"default-src 'self'\">",
+            "<meta http-equiv=content-type content=\"text/html; charset=koi8-r\">",
+            "<meta http-equiv=refresh content=5>",
+            "<script nonce=n1>",
+            "<script nonce=n1></script>",
+            "<script NONCE=\"n\u{416}\" src=x>",
+            "<script nonce>",
         ];
         prop_oneof![
             8 => proptest::sample::select(FIXED).prop_map(|s| s.as_bytes().to_vec()),
@@ -1352,16 +1438,32 @@ mod differential {
         proptest::collection::vec(piece(), 0..48).prop_map(|p| p.concat())
     }
 
+    /// 2,000 documents by default; `CHATHUB_DIFFERENTIAL_CASES` asks for more
+    /// (`scripts/test` runs a million in release mode).
+    fn cases() -> u32 {
+        std::env::var("CHATHUB_DIFFERENTIAL_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
         #[test]
         fn fast_path_gives_the_same_bytes_as_lol_html(
             doc in document(),
             sizes in proptest::collection::vec(1usize..40, 1..5),
+            csp in any::<bool>(),
         ) {
-            assert_same_paths(&doc, &sizes);
-            assert_same_paths(&doc, &[usize::MAX]);
+            if csp {
+                let (plan, page) = csp_page();
+                assert_same_paths_with(&doc, &sizes, &plan, Some(&page));
+                assert_same_paths_with(&doc, &[usize::MAX], &plan, Some(&page));
+            } else {
+                assert_same_paths(&doc, &sizes);
+                assert_same_paths(&doc, &[usize::MAX]);
+            }
         }
     }
 }
