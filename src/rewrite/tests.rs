@@ -1103,10 +1103,6 @@ fn csp_page() -> (RewritePlan, Arc<crate::csp::PageCsp>) {
     (plan, Arc::new(page))
 }
 
-fn both_paths(input: &[u8], sizes: &[usize], plan: &RewritePlan) -> (PathRun, PathRun) {
-    both_paths_with(input, sizes, plan, None)
-}
-
 fn both_paths_with(
     input: &[u8],
     sizes: &[usize],
