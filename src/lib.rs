@@ -2,7 +2,7 @@
 //! panel to every HTML page of a site, without touching the site.
 //!
 //! ```text
-//! server ─accept─▶ proxy::handle ─▶ route ─▶ upstream ─▶ (HTML?) token ─▶ rewrite ─▶ client
+//! server ─accept─▶ conn ─▶ proxy::handle ─▶ route ─▶ upstream ─▶ (HTML?) token ─▶ rewrite ─▶ client
 //! sockets,          one straight-line         pure       hyper-util       moka +     lol_html,
 //! shutdown          function; maps errors     lookup     client           ChatHub    pure, sync
 //! ```
@@ -10,7 +10,8 @@
 //! | module | responsibility |
 //! |---|---|
 //! | [`config`] | defaults < `config.toml` < environment, validated into typed values |
-//! | [`server`] | listeners, connection limits, timeouts, graceful shutdown |
+//! | [`server`] | listeners, connection limits, graceful shutdown |
+//! | [`conn`] | one connection: h1/h2c, idle deadline, parking idle keep-alive connections |
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics` on their own listener |
 //! | [`proxy`] | the request path: route, forward, decide, inject; errors to responses |
 //! | [`route`] | host and path → route, by hash lookups |
@@ -42,6 +43,7 @@ pub mod body;
 pub mod chathub;
 pub mod codec;
 pub mod config;
+pub mod conn;
 pub mod csp;
 pub mod demo;
 pub mod emulator;

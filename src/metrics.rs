@@ -36,6 +36,7 @@ pub struct Metrics {
     token_events: Family<ReasonLabels, Counter>,
     breaker_open: Gauge,
     connections: Gauge,
+    parked: Gauge,
 }
 
 impl Default for Metrics {
@@ -54,6 +55,7 @@ impl Metrics {
         let token_events = Family::<ReasonLabels, Counter>::default();
         let breaker_open = Gauge::default();
         let connections = Gauge::default();
+        let parked = Gauge::default();
         registry.register(
             "requests",
             "Requests answered, by route and status",
@@ -89,6 +91,11 @@ impl Metrics {
             "Client connections currently open",
             connections.clone(),
         );
+        registry.register(
+            "parked_connections",
+            "Idle keep-alive connections waiting on the bare socket (see conn.rs)",
+            parked.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -98,6 +105,7 @@ impl Metrics {
             token_events,
             breaker_open,
             connections,
+            parked,
         }
     }
 
@@ -165,6 +173,19 @@ impl Metrics {
 
     pub fn connection_closed(&self) {
         self.connections.dec();
+    }
+
+    pub fn connection_parked(&self) {
+        self.parked.inc();
+    }
+
+    pub fn connection_unparked(&self) {
+        self.parked.dec();
+    }
+
+    /// Connections parked right now.
+    pub fn parked_connections(&self) -> i64 {
+        self.parked.get()
     }
 
     /// Current value of a token event counter (tests and `token` command).

@@ -1,23 +1,21 @@
-//! Sockets and lifecycle: one accept loop per listener, HTTP/1.1 and h2c on the
-//! same port, a cap on open connections, header-read and idle deadlines, the
-//! admin listener, and graceful shutdown on SIGTERM/SIGINT.
+//! Sockets and lifecycle: one accept loop per listener, a cap on open
+//! connections, the admin listener, and graceful shutdown on SIGTERM/SIGINT.
+//! Each accepted connection is served by [`crate::conn`].
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::conn;
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::proxy::{self, State};
+use crate::proxy::State;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -80,7 +78,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(config.server.max_connections));
-    let builder = Arc::new(conn_builder(&config));
+    let builders = Arc::new(conn::Builders::new(&config));
 
     let mut addrs = Vec::new();
     for addr in &config.server.listen {
@@ -97,11 +95,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         addrs.push(local);
         let ctx = AcceptCtx {
             state: state.clone(),
-            builder: builder.clone(),
+            builders: builders.clone(),
             limit: limit.clone(),
             shutdown: shutdown_rx.clone(),
             tracker: tracker.clone(),
-            idle: config.server.idle_timeout,
         };
         tracker.spawn(accept_loop(listener, ctx));
         info!(addr = %local, "proxy listening");
@@ -163,33 +160,12 @@ async fn wait_for_signal() -> Result<(), ServerError> {
     Ok(())
 }
 
-fn conn_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let s = &config.server;
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // Without a timer hyper's header_read_timeout is inert (measured: slowloris
-    // connections held forever), so install one explicitly.
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(s.header_read_timeout)
-        .max_headers(s.max_headers)
-        .max_buf_size(s.max_header_bytes.max(8192) + 8192)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(s.h2_max_concurrent_streams)
-        .max_header_list_size(s.max_header_bytes as u32)
-        .keep_alive_interval(Some(s.idle_timeout))
-        .keep_alive_timeout(Duration::from_secs(20));
-    b
-}
-
 struct AcceptCtx {
     state: Arc<State>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<conn::Builders>,
     limit: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     tracker: TaskTracker,
-    idle: Duration,
 }
 
 async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
@@ -213,152 +189,17 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
             _ = ctx.shutdown.changed() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let (state, builder, shutdown, idle) = (
+        let (state, builders, shutdown) = (
             ctx.state.clone(),
-            ctx.builder.clone(),
+            ctx.builders.clone(),
             ctx.shutdown.clone(),
-            ctx.idle,
         );
         ctx.tracker.spawn(async move {
             state.metrics.connection_opened();
-            serve_conn(tcp, peer, state.clone(), builder, shutdown, idle).await;
+            conn::serve(tcp, peer, state.clone(), builders, shutdown).await;
             state.metrics.connection_closed();
             drop(permit);
         });
-    }
-}
-
-async fn serve_conn(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    state: Arc<State>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    mut shutdown: watch::Receiver<bool>,
-    idle: Duration,
-) {
-    let clock = Arc::new(Activity::new());
-    let io = IdleIo {
-        inner: tcp,
-        clock: clock.clone(),
-    };
-    let svc = service_fn(move |req| proxy::handle(state.clone(), peer, req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let mut draining = *shutdown.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
-    }
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = shutdown.changed(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = clock.idle_for(idle), if !draining => {
-                // No byte either way for `idle`: stop keep-alive. An in-flight
-                // response (a quiet SSE stream) still finishes: graceful
-                // shutdown waits for it.
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-    }
-}
-
-/// Last I/O time of one connection, in milliseconds since it opened.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves once the connection has been idle for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = self.start + last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
-}
-
-/// A socket that records when it last moved a byte.
-struct IdleIo {
-    inner: TcpStream,
-    clock: Arc<Activity>,
-}
-
-impl AsyncRead for IdleIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() != before {
-            self.clock.touch();
-        }
-        r
-    }
-}
-
-impl AsyncWrite for IdleIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.clock.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.clock.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -6,6 +6,7 @@ mod core_proxy;
 mod csp;
 mod emulator;
 mod inject;
+mod parking;
 mod proxy_tokens;
 mod support;
 mod tokens;
