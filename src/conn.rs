@@ -165,6 +165,9 @@ async fn sniff(io: &mut IdleIo) -> io::Result<Option<bool>> {
     Ok(Some(buf[..n] == *H2_PREFACE))
 }
 
+/// One request's handling, boxed (see [`service`]).
+type Handling = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 /// The service of one connection: [`proxy::handle`], boxed, with each request
 /// counted in flight until its response body is done.
 fn service(
@@ -175,7 +178,7 @@ fn service(
     Request<Incoming>,
     Response = Response<Body>,
     Error = Infallible,
-    Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>,
+    Future = Handling,
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
         let guard = InFlight::begin(&clock, !http_body::Body::is_end_stream(req.body()));
@@ -186,7 +189,7 @@ fn service(
         Box::pin(async move {
             let resp = handling.await?;
             Ok(resp.map(|inner| Body::new(Tracked { inner, guard })))
-        }) as Pin<Box<dyn Future<Output = _> + Send>>
+        }) as Handling
     })
 }
 
