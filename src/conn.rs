@@ -124,10 +124,16 @@ pub async fn serve(
         let Some(parts) = Pin::into_inner(conn).into_parts() else {
             return; // upgraded meanwhile: the tunnel owns the socket
         };
-        io = parts.io.into_inner();
-        // Normally empty; a copy, so the 8 KiB buffer it sits in is freed.
-        io.prefix = Bytes::copy_from_slice(&parts.read_buf);
-        drop(parts.service);
+        let http1::Parts {
+            io: parked,
+            read_buf,
+            ..
+        } = parts;
+        io = parked.into_inner();
+        // Normally empty; copied, and the buffer it sits in (hyper's whole
+        // read buffer) dropped now rather than at the end of the wait.
+        io.prefix = Bytes::copy_from_slice(&read_buf);
+        drop(read_buf);
         if !io.prefix.is_empty() {
             continue;
         }
