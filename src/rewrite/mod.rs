@@ -76,6 +76,37 @@ pub fn rewrite_with_csp(
     rb.boxed_unsync()
 }
 
+/// The environment variable that turns the fast path off: with
+/// `CHATHUB_REWRITE_ENGINE=lol_html` every page goes through lol_html, the
+/// engine of record. `scripts/test` runs the whole suite both ways; it is also
+/// the switch to flip if the fast path is ever suspected of a wrong insertion.
+pub const ENGINE_ENV: &str = "CHATHUB_REWRITE_ENGINE";
+
+/// Whether the fast path may be used (read once per process).
+fn fast_path_enabled() -> bool {
+    static FAST: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| fast_path_from(std::env::var(ENGINE_ENV).ok().as_deref()));
+    *FAST
+}
+
+/// [`ENGINE_ENV`]'s value → whether the fast path is on.
+fn fast_path_from(value: Option<&str>) -> bool {
+    match value {
+        Some("lol_html") => {
+            tracing::info!("{ENGINE_ENV}=lol_html: the rewriter's fast path is off");
+            false
+        }
+        None | Some("" | "fast") => true,
+        Some(other) => {
+            tracing::warn!(
+                value = other,
+                "{ENGINE_ENV}: expected `fast` or `lol_html`; using `fast`"
+            );
+            true
+        }
+    }
+}
+
 /// lol_html copies a whole `write` into its buffer when the previous one ended
 /// inside a tag, and that copy counts against the memory limit. Feeding it at
 /// most this much at a time keeps that copy small whatever the upstream frame size.
@@ -124,7 +155,7 @@ enum Stage {
 impl RewriteBody {
     /// Wrap `inner`; nothing happens until the body is polled.
     pub fn new(inner: Body, plan: RewritePlan, metrics: SharedMetrics) -> Self {
-        Self::build(inner, plan, metrics, engine::no_hook, true)
+        Self::build(inner, plan, metrics, engine::no_hook, fast_path_enabled())
     }
 
     /// With extra lol_html handlers, and so without the fast path (tests).

@@ -1240,6 +1240,14 @@ fn fast_path_matches_lol_html_on_fixtures_and_table_cases() {
 }
 
 #[test]
+fn the_engine_switch_turns_the_fast_path_off_only_when_asked() {
+    assert!(!fast_path_from(Some("lol_html")));
+    for on in [None, Some(""), Some("fast"), Some("LOL_HTML ")] {
+        assert!(fast_path_from(on), "{on:?}");
+    }
+}
+
+#[test]
 fn fast_path_decides_ordinary_pages_without_lol_html() {
     let mut page = String::from(
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>T</title>\
