@@ -412,6 +412,9 @@ id = 21
 name = "Bench Operator"
 status = 0
 EOF
+# The cold-session check compares against this (issue 6: a new session's first
+# page waits at most the token budget beyond a warm one).
+TOKEN_BUDGET_MS=150
 cat >"$TMP/proxy-emu.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$P_PROXY_EMU"]
@@ -427,6 +430,9 @@ filter = "warn"
 
 [inject]
 debug_header = true
+
+[token]
+budget = "${TOKEN_BUDGET_MS}ms"
 
 [accounts.bench]
 base_url = "http://127.0.0.1:$P_EMU"
@@ -473,6 +479,15 @@ else
 fi
 if [ "$EMU_OK" = 1 ]; then
     log "emulator mode works: warm token cache, session cookie reused by wrk"
+    # Cold against warm: the same 2 KB page, 30 times each way, one at a time.
+    # Without a cookie every request is a new session whose token is minted
+    # through the emulator while the upstream answers; with the warm cookie the
+    # token comes from the cache.
+    log "cold session against warm session (token.budget ${TOKEN_BUDGET_MS} ms)"
+    taskset -c 0 "$PY" "$LIB/fetch.py" --port "$P_PROXY_EMU" --host chat.bench --path /page-2k.html \
+        --header "Cookie: chathub_sid=$SID" --repeat 30 >"$DATA/session-warm.json" 2>>"$TMP/logs/fetch.log" || true
+    taskset -c 0 "$PY" "$LIB/fetch.py" --port "$P_PROXY_EMU" --host chat.bench --path /page-2k.html \
+        --repeat 30 >"$DATA/session-cold.json" 2>>"$TMP/logs/fetch.log" || true
 else
     note "emulator mode unavailable, falling back to dev_token only: $EMU_STATUS"
 fi
@@ -624,6 +639,7 @@ ELAPSED=$(( $(date +%s) - T_START ))
     printf 'proxy_threads\t%s\n' "$PROXY_THREADS"
     printf 'proxy_pinning\t%s\n' "$PINNING"
     printf 'stream_hwm_kb\t%s\n' "${STREAM_HWM:-0}"
+    printf 'token_budget_ms\t%s\n' "$TOKEN_BUDGET_MS"
     i=0
     for n in "${NOTES[@]}"; do i=$((i + 1)); printf 'note%02d\t%s\n' "$i" "$n"; done
 } >"$DATA/meta.tsv"

@@ -348,6 +348,30 @@ def build(d: Path, meta: dict, runs: list, s: dict, prefix: str) -> tuple:
         ver.append(f"- RSS < 150 MB holding 10,000 idle connections: {verdict(None)}")
     ver.extend(idle_lines)
 
+    # Cold session: a new session's first page against a warm session's page.
+    budget_ms = float(meta.get("token_budget_ms") or 150)
+    cold, warm = load_json(d / "session-cold.json"), load_json(d / "session-warm.json")
+
+    def totals(j):
+        return [r["t_total"] for r in (j or {}).get("runs", []) if "error" not in r]
+
+    ct, wt = totals(cold), totals(warm)
+    if ct and wt:
+        worst = (max(ct) - med(wt)) * 1000
+        outcomes = {}
+        for r in cold["runs"]:
+            key = "widget" if r.get("tag") and r.get("token") else (r.get("x_chathub_inject") or "no tag")
+            outcomes[key] = outcomes.get(key, 0) + 1
+        ver.append(
+            f"- A new session's first page waits at most token.budget ({budget_ms:.0f} ms) beyond a warm one: "
+            f"{verdict(worst <= budget_ms)} (warm median {med(wt) * 1000:.1f} ms; cold median {med(ct) * 1000:.1f} ms, "
+            f"worst {max(ct) * 1000:.1f} ms, {worst:+.1f} ms over the warm median; {len(ct)} cold pages: "
+            + ", ".join(f"{v} {k}" for k, v in sorted(outcomes.items()))
+            + ")"
+        )
+    else:
+        ver.append(f"- A new session's first page within token.budget of a warm one: {verdict(None)} (emulator mode unavailable)")
+
     plot = meta.get("plot", "")
     block = []
     block.append(
@@ -393,7 +417,7 @@ def build(d: Path, meta: dict, runs: list, s: dict, prefix: str) -> tuple:
             f"{'–' if r['target'] == 'origin' else fmt(r['origin_cpu_us'], '{:.1f}')} | {r['errors']} | {r['non2xx']} |"
         )
     full.append("\n## Streaming and memory checks (raw)\n")
-    for name in ("ttfb-direct", "ttfb-proxy", "ttfb-nginx-sub", "stream", "idle-proxy", "idle-nginx-sub", "emulator-warm"):
+    for name in ("ttfb-direct", "ttfb-proxy", "ttfb-nginx-sub", "stream", "idle-proxy", "idle-nginx-sub", "emulator-warm", "session-warm", "session-cold"):
         j = load_json(d / f"{name}.json")
         if j is not None:
             full.append(f"<details><summary>{name}</summary>\n\n```json\n{json.dumps(j, indent=1)[:6000]}\n```\n</details>\n")
