@@ -163,7 +163,10 @@ async fn handle_inner(
 
     // The token endpoint for long-lived pages is answered here, never upstream.
     if path == cfg.inject.token_path {
-        return Ok(state.tokens.endpoint(&route, &parts, trusted, https).await);
+        // Boxed here and below: rare or large sub-futures would otherwise be
+        // inlined into this function's state machine, which is moved (memcpy)
+        // on every request whatever path it takes.
+        return Ok(Box::pin(state.tokens.endpoint(&route, &parts, trusted, https)).await);
     }
     // So is the helper script (widget fallback, token refresh): same-origin, so
     // a page's `script-src 'self'` lets it run.
@@ -224,10 +227,12 @@ async fn handle_inner(
         };
     let is_head = parts.method == Method::HEAD;
 
-    let mut resp = state
-        .upstream
-        .send(Request::from_parts(parts, body::boxed(body)))
-        .await?;
+    let mut resp = Box::pin(
+        state
+            .upstream
+            .send(Request::from_parts(parts, body::boxed(body))),
+    )
+    .await?;
 
     // 4. Upgrades (WebSocket) become a byte tunnel once both sides agree.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -295,11 +300,11 @@ async fn handle_inner(
     let decoded = if is_head {
         body::empty()
     } else {
-        match codec::decode_checked(
+        match Box::pin(codec::decode_checked(
             rbody,
             info.coding,
             codec::DecodeLimits::from_config(&cfg.inject),
-        )
+        ))
         .await
         {
             Ok(b) => b,
