@@ -15,12 +15,11 @@
 //! since the last request was dispatched, and no request body ever carried on
 //! it (hyper could still be reading one whose response went out early).
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::config::Config;
 use crate::proxy::{self, State};
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -51,8 +50,6 @@ pub struct Builders {
     h2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle: Duration,
-    /// Off in tests that need a connection to keep its hyper state.
-    park_after: Option<Duration>,
 }
 
 impl Builders {
@@ -77,7 +74,6 @@ impl Builders {
             h2,
             header_read_timeout: s.header_read_timeout,
             idle: s.idle_timeout,
-            park_after: Some(PARK_AFTER),
         }
     }
 }
@@ -105,7 +101,7 @@ pub async fn serve(
     if h2 {
         let svc = service(state, peer, clock.clone());
         let conn = builders.h2.serve_connection(TokioIo::new(io), svc);
-        drive(Box::pin(conn), &clock, &builders, &mut shutdown, None).await;
+        drive(Box::pin(conn), &clock, &builders, &mut shutdown, false).await;
         return;
     }
     loop {
@@ -116,8 +112,7 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades(),
         );
-        let Some(conn) = drive(conn, &clock, &builders, &mut shutdown, builders.park_after).await
-        else {
+        let Some(conn) = drive(conn, &clock, &builders, &mut shutdown, true).await else {
             return;
         };
         // Parked: keep the socket and whatever hyper had read, drop the rest.
@@ -175,7 +170,8 @@ async fn sniff(io: &mut IdleIo) -> io::Result<Option<bool>> {
 type Handling = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// The service of one connection: [`proxy::handle`], boxed, with each request
-/// counted in flight until its response body is done.
+/// counted in flight until its response body (the access-log body, which
+/// holds the guard) is dropped.
 fn service(
     state: Arc<State>,
     peer: SocketAddr,
@@ -188,14 +184,10 @@ fn service(
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
         let guard = InFlight::begin(&clock, !http_body::Body::is_end_stream(req.body()));
-        let handling = proxy::handle(state.clone(), peer, req);
         // Boxed: hyper keeps one slot of the service future's size per
-        // connection for its whole life, and `handle`'s state machine is about
-        // 10 KiB. Boxing makes it a per-request allocation.
-        Box::pin(async move {
-            let resp = handling.await?;
-            Ok(resp.map(|inner| Body::new(Tracked { inner, guard })))
-        }) as Handling
+        // connection for its whole life, and `handle`'s state machine is
+        // several KiB. Boxing makes it a per-request allocation.
+        Box::pin(proxy::handle(state.clone(), peer, req, guard)) as Handling
     })
 }
 
@@ -205,7 +197,7 @@ async fn drive<C>(
     clock: &Activity,
     builders: &Builders,
     shutdown: &mut watch::Receiver<bool>,
-    park_after: Option<Duration>,
+    park: bool,
 ) -> Option<Pin<Box<C>>>
 where
     C: Future<Output = hyper::Result<()>> + Shutdown,
@@ -233,7 +225,7 @@ where
                 draining = true;
                 conn.as_mut().shutdown();
             }
-            _ = clock.parkable(park_after.unwrap_or_default()), if park_after.is_some() && !draining => {
+            _ = clock.parkable(PARK_AFTER), if park && !draining => {
                 return Some(conn);
             }
         }
@@ -335,7 +327,8 @@ impl Activity {
 }
 
 /// One request in flight, until its response body is dropped.
-struct InFlight(Arc<Activity>);
+#[must_use]
+pub struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn begin(clock: &Arc<Activity>, has_body: bool) -> Self {
@@ -351,33 +344,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A response body that holds its request's [`InFlight`] until hyper drops it.
-struct Tracked {
-    inner: Body,
-    #[allow(dead_code)] // held for its Drop
-    guard: InFlight,
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

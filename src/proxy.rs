@@ -6,6 +6,7 @@
 use crate::body::{self, Body, BoxError};
 use crate::codec;
 use crate::config::{Config, Route};
+use crate::conn::InFlight;
 use crate::csp::{self, CspPlan, CspSettings, PageCsp};
 use crate::error::ProxyError;
 use crate::forwarded;
@@ -82,11 +83,13 @@ impl State {
 
 const X_CHATHUB_INJECT: HeaderName = HeaderName::from_static("x-chathub-inject");
 
-/// The service function: never fails, logs one line per request when its body ends.
+/// The service function: never fails, logs one line per request when its body
+/// ends. `in_flight` is held until then (the connection parks only without one).
 pub async fn handle(
     state: Arc<State>,
     peer: SocketAddr,
     req: Request<Incoming>,
+    in_flight: InFlight,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let span = tracing::info_span!(
@@ -117,7 +120,17 @@ pub async fn handle(
         resp.status().as_u16(),
     );
     let status = resp.status().as_u16();
-    Ok(resp.map(|b| LoggedBody::wrap(b, span, status, start)))
+    Ok(resp.map(|inner| {
+        Body::new(LoggedBody {
+            inner,
+            span,
+            status,
+            bytes: 0,
+            start,
+            outcome: None,
+            _in_flight: in_flight,
+        })
+    }))
 }
 
 async fn handle_inner(
@@ -546,19 +559,8 @@ struct LoggedBody {
     bytes: u64,
     start: Instant,
     outcome: Option<&'static str>,
-}
-
-impl LoggedBody {
-    fn wrap(inner: Body, span: Span, status: u16, start: Instant) -> Body {
-        Body::new(LoggedBody {
-            inner,
-            span,
-            status,
-            bytes: 0,
-            start,
-            outcome: None,
-        })
-    }
+    /// Released when hyper drops the body: the request is over.
+    _in_flight: InFlight,
 }
 
 impl http_body::Body for LoggedBody {

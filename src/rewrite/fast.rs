@@ -84,10 +84,6 @@ impl Name {
     fn len(self) -> usize {
         usize::from(self.len)
     }
-
-    fn is(self, name: &Name) -> bool {
-        self == *name
-    }
 }
 
 /// A constant name (lower case, valid): for comparisons.
@@ -474,7 +470,7 @@ impl Scanner {
         // Only raw-text start tags (scripts among them), and `<meta>` when the
         // page scan is on, need their attributes read; for the rest, finding
         // the closing `>` is enough.
-        let is_meta = !is_end && self.watch.csp && name.is(&META);
+        let is_meta = !is_end && self.watch.csp && name == META;
         let tag = match finish_tag(buf, name_end, is_meta || matches!(kind, Kind::Raw(_))) {
             Parsed::Incomplete => return Err(hold_from(buf, lt)),
             Parsed::Tag(tag) => tag,
@@ -486,7 +482,7 @@ impl Scanner {
             self.follow_charset(buf, &tag);
         }
         if is_end {
-            if name.is(&BODY) && self.stack.iter().any(|n| n.is(&BODY)) {
+            if name == BODY && self.stack.contains(&BODY) {
                 return Err(Scan::Inject(lt));
             }
             if let Some(at) = self.stack.iter().rposition(|n| *n == name) {

@@ -3,7 +3,7 @@
 //! Each test shows the connection parked (or not) through the
 //! `parked_connections` gauge, and that the client never notices.
 
-use crate::support::client::connect_from;
+use crate::support::client::{self, connect_from};
 use crate::support::harness::{Proxy, one_route};
 use crate::support::origin::Origin;
 use std::time::Duration;
@@ -20,24 +20,12 @@ fn get(path: &str) -> String {
 
 /// Read one response with a Content-Length body; returns status and body.
 async fn response(tcp: &mut TcpStream) -> (u16, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, tcp.read(&mut byte))
-            .await
-            .expect("response head in time")
-            .expect("read");
-        assert_eq!(
-            n,
-            1,
-            "closed mid-head after {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let status = head[9..12].parse().expect("status");
+    let head = client::read_head(tcp, WAIT)
+        .await
+        .expect("a whole response head in time");
+    let status = client::status_of(head.as_bytes()).expect("status");
     let len: usize = head
+        .to_ascii_lowercase()
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .map(|v| v.trim().parse().expect("length"))
