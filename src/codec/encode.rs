@@ -4,12 +4,14 @@
 use super::Coding;
 use crate::body::{Body, BoxError};
 use async_compression::Level;
-use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZlibEncoder, ZstdEncoder};
+use async_compression::tokio::bufread::{BrotliEncoder, ZstdEncoder};
 use bytes::{Bytes, BytesMut};
+use flate2::{Compress, Compression, FlushCompress, Status};
 use futures_util::Stream;
 use http_body::{Body as HttpBody, Frame};
 use std::io;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll, ready};
 use tokio::io::AsyncRead;
 use tokio_util::io::{StreamReader, poll_read_buf};
@@ -23,28 +25,200 @@ const BROTLI_QUALITY: i32 = 4;
 
 /// Encode a body in `coding` (identity returns it unchanged).
 ///
-/// The async-compression bufread encoders flush whenever their input returns
-/// `Pending`, so every pause of the rewritten page (a slow upstream) sends out
-/// what has been compressed so far. An input error ends the output with that
-/// error, never with a clean end.
+/// Every encoder flushes whenever its input returns `Pending`, so every pause
+/// of the rewritten page (a slow upstream) sends out what has been compressed
+/// so far. An input error ends the output with that error, never with a clean
+/// end.
 pub fn encode(body: Body, coding: Coding) -> Body {
-    let r = StreamReader::new(Frames { body, ended: false });
+    // The brotli and zstd encoders read bytes, not frames.
+    let bytes = |body| StreamReader::new(Frames { body, ended: false });
     match coding {
-        Coding::Identity => r.into_inner().body,
-        Coding::Gzip => {
-            crate::body::boxed(Encoded::new(GzipEncoder::with_quality(r, Level::Fastest)))
-        }
+        Coding::Identity => body,
+        Coding::Gzip => crate::body::boxed(Deflating::new(body, Wrap::Gzip)),
         // HTTP `deflate` is the zlib format (RFC 9110 §8.4.1.2).
-        Coding::Deflate => {
-            crate::body::boxed(Encoded::new(ZlibEncoder::with_quality(r, Level::Fastest)))
-        }
+        Coding::Deflate => crate::body::boxed(Deflating::new(body, Wrap::Zlib)),
         Coding::Br => crate::body::boxed(Encoded::new(BrotliEncoder::with_quality(
-            r,
+            bytes(body),
             Level::Precise(BROTLI_QUALITY),
         ))),
-        Coding::Zstd => {
-            crate::body::boxed(Encoded::new(ZstdEncoder::with_quality(r, Level::Fastest)))
+        Coding::Zstd => crate::body::boxed(Encoded::new(ZstdEncoder::with_quality(
+            bytes(body),
+            Level::Fastest,
+        ))),
+    }
+}
+
+/// The two framings of a deflate stream the proxy sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrap {
+    Gzip,
+    Zlib,
+}
+
+/// Finished deflate streams kept for the next response, per framing. Setting
+/// one up costs more than compressing a small page: zlib-rs zeroes about
+/// 260 KB of window, hash chains and buffers in `init` (callgrind, 2 KB gzip
+/// page: 60 % of the proxy's instructions were that `memset`), while a
+/// `reset()` zeroes only the hash heads. Each kept stream holds that memory,
+/// hence the small bound.
+///
+/// Only streams that reached their end come back. zlib-rs 0.6.8's `reset()`
+/// leaves level 1's "block open" flag as it was, so a stream dropped in the
+/// middle of a block (a client gone, an upstream error) would start its next
+/// response without a block header: a corrupt page, which CI caught when a
+/// test abandoned a stream that way while another reused it.
+static POOL: [Mutex<Vec<Compress>>; 2] = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
+const POOL_MAX: usize = 4;
+
+fn pool(wrap: Wrap) -> &'static Mutex<Vec<Compress>> {
+    &POOL[usize::from(wrap == Wrap::Zlib)]
+}
+
+fn take_stream(wrap: Wrap) -> Compress {
+    let kept = pool(wrap).lock().unwrap_or_else(|p| p.into_inner()).pop();
+    kept.unwrap_or_else(|| match wrap {
+        Wrap::Gzip => Compress::new_gzip(Compression::fast(), 15),
+        Wrap::Zlib => Compress::new(Compression::fast(), true),
+    })
+}
+
+/// Keep a stream that has written its stream end, ready for the next response.
+fn give_back(wrap: Wrap, mut z: Compress) {
+    let has_room = || pool(wrap).lock().unwrap_or_else(|p| p.into_inner()).len() < POOL_MAX;
+    // A full pool drops the stream without paying for its reset; the reset
+    // itself runs outside the lock.
+    if !has_room() {
+        return;
+    }
+    z.reset();
+    let mut kept = pool(wrap).lock().unwrap_or_else(|p| p.into_inner());
+    if kept.len() < POOL_MAX {
+        kept.push(z);
+    }
+}
+
+/// gzip or zlib output at level 1 with a pooled stream, flushed (sync flush)
+/// whenever the input pauses so the page keeps streaming, as the
+/// async-compression encoders do for brotli and zstd.
+struct Deflating {
+    body: Body,
+    wrap: Wrap,
+    /// `None` once the stream has ended (and gone back to the pool) or failed.
+    z: Option<Compress>,
+    out: Vec<u8>,
+    /// Input went in since the last flush.
+    unflushed: bool,
+    /// The input has ended: only the stream's end is left.
+    input_done: bool,
+}
+
+impl Deflating {
+    fn new(body: Body, wrap: Wrap) -> Self {
+        Deflating {
+            body,
+            wrap,
+            z: Some(take_stream(wrap)),
+            out: Vec::new(),
+            unflushed: false,
+            input_done: false,
         }
+    }
+
+    /// Feed `input` with `flush` until it is all taken and, for a flush or the
+    /// finish, until the stream has written everything out. Returns whether
+    /// the stream ended.
+    fn run(&mut self, input: &[u8], flush: FlushCompress) -> io::Result<bool> {
+        let Some(z) = self.z.as_mut() else {
+            return Ok(true);
+        };
+        let mut taken = 0;
+        loop {
+            if self.out.capacity() - self.out.len() < 1024 {
+                self.out.reserve(CHUNK);
+            }
+            let before = z.total_in();
+            let status = z
+                .compress_vec(&input[taken..], &mut self.out, flush)
+                .map_err(io::Error::other)?;
+            // `total_in` grows by at most `input.len()`, so this fits.
+            taken += (z.total_in() - before) as usize;
+            let room_left = self.out.len() < self.out.capacity();
+            match status {
+                Status::StreamEnd => return Ok(true),
+                _ if taken == input.len() && (flush == FlushCompress::None || room_left) => {
+                    return Ok(false);
+                }
+                // More input to take, or the flush filled the buffer: again.
+                Status::Ok | Status::BufError => {}
+            }
+        }
+    }
+
+    fn emit(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        (!self.out.is_empty()).then(|| Ok(Frame::data(Bytes::from(std::mem::take(&mut self.out)))))
+    }
+}
+
+impl HttpBody for Deflating {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.z.is_none() {
+                return Poll::Ready(this.emit());
+            }
+            if this.input_done {
+                let ended = this.run(&[], FlushCompress::Finish)?;
+                if ended && let Some(z) = this.z.take() {
+                    give_back(this.wrap, z);
+                }
+                if let Some(frame) = this.emit() {
+                    return Poll::Ready(Some(frame));
+                }
+                continue;
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => {
+                    if this.unflushed {
+                        this.unflushed = false;
+                        this.run(&[], FlushCompress::Sync)?;
+                    }
+                    return match this.emit() {
+                        Some(frame) => Poll::Ready(Some(frame)),
+                        None => Poll::Pending,
+                    };
+                }
+                Poll::Ready(None) => this.input_done = true,
+                Poll::Ready(Some(Err(e))) => {
+                    // An input error ends the output with that error, never
+                    // with a clean end: the stream is not finished, so it is
+                    // dropped rather than pooled (see `POOL`).
+                    this.z = None;
+                    this.out.clear();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        this.run(&data, FlushCompress::None)?;
+                        this.unflushed = true;
+                        if this.out.len() >= CHUNK {
+                            return Poll::Ready(this.emit());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.z.is_none() && self.out.is_empty()
     }
 }
 
@@ -180,6 +354,51 @@ mod tests {
             let got = collect(decoded).await;
             assert!(got.error.is_none(), "{coding:?}");
             assert!(got.data == page, "{coding:?}");
+        }
+    }
+
+    /// gzip and deflate streams are pooled and reset between responses. The
+    /// response after one that was abandoned or failed, between flushes or in
+    /// the middle of a deflate block, must still get a whole, correct stream.
+    /// (A stream left with a block open and then reset wrote no block header
+    /// for the next page: the bug that CI caught.)
+    #[tokio::test]
+    async fn pooled_streams_start_clean_after_an_abandoned_or_failed_response() {
+        use http_body_util::BodyExt;
+        let page = html(100_000);
+        for coding in [Coding::Gzip, Coding::Deflate] {
+            for round in 0..12 {
+                let len = 50_000 + round * 1000;
+                // Even rounds flush after every chunk, so the page stops
+                // between blocks; odd rounds never pause, so it stops with a
+                // block open.
+                let pause_every = if round % 2 == 0 { 1 } else { 0 };
+                let mut steps = chunked(&html(len * (1 + round % 2 * 3)), 4096, pause_every);
+                let (body, _) = if round % 4 < 2 {
+                    // Abandoned after its first frame: a client gone.
+                    scripted(steps)
+                } else {
+                    // Ended by an input error.
+                    steps.push(Step::Fail);
+                    scripted(steps)
+                };
+                let mut out = encode(body, coding);
+                let first = out.frame().await;
+                assert!(matches!(first, Some(Ok(_))), "{coding:?} round {round}");
+                if round % 4 >= 2 {
+                    assert!(collect(out).await.error.is_some());
+                } else {
+                    drop(out);
+                }
+                // Then a whole page through whichever stream the pool hands out.
+                let (body, _) = scripted(chunked(&page, 3000, 2));
+                let got = collect(encode(body, coding)).await;
+                assert!(got.error.is_none(), "{coding:?}: {:?}", got.error);
+                assert!(
+                    decompress(coding, &got.data) == page,
+                    "{coding:?} round {round}: a reused stream changed the output"
+                );
+            }
         }
     }
 
