@@ -292,18 +292,18 @@ fn charset<'a>(
 
 /// Cache-related headers a rewritten response must not carry: they describe
 /// the upstream's bytes or would let a shared cache keep a page holding a
-/// per-session token.
-const DROPPED_ON_REWRITE: [&str; 10] = [
-    "etag",
-    "last-modified",
-    "expires",
-    "accept-ranges",
-    "cdn-cache-control",
-    "surrogate-control",
-    "content-md5",
-    "digest",
-    "content-digest",
-    "repr-digest",
+/// per-session token. (Names, not strings: a `&str` is parsed on every use.)
+const DROPPED_ON_REWRITE: [HeaderName; 10] = [
+    HeaderName::from_static("etag"),
+    HeaderName::from_static("last-modified"),
+    HeaderName::from_static("expires"),
+    HeaderName::from_static("accept-ranges"),
+    HeaderName::from_static("cdn-cache-control"),
+    HeaderName::from_static("surrogate-control"),
+    HeaderName::from_static("content-md5"),
+    HeaderName::from_static("digest"),
+    HeaderName::from_static("content-digest"),
+    HeaderName::from_static("repr-digest"),
 ];
 
 /// Header changes for a response whose body will be rewritten (also for the
@@ -320,7 +320,7 @@ const DROPPED_ON_REWRITE: [&str; 10] = [
 /// - `Content-Type` is never altered.
 pub fn rewrite_response_headers(headers: &mut HeaderMap) {
     headers.remove(CONTENT_LENGTH);
-    for name in DROPPED_ON_REWRITE {
+    for name in &DROPPED_ON_REWRITE {
         headers.remove(name);
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
