@@ -18,7 +18,7 @@ use crate::server::ServerError;
 use crate::session::{self, SessionId};
 use crate::snippet::{self, Snippet};
 use crate::tag::TagTemplate;
-use crate::token::{IssuedToken, TokenSkip, Tokens};
+use crate::token::{IssuedToken, PendingToken, TokenSkip, Tokens};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -31,7 +31,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::task::JoinHandle;
 use tracing::{Instrument, Span, field, info, warn};
 
 /// Everything a request needs, shared by all connections.
@@ -229,11 +228,9 @@ async fn handle_inner(
                     None => (session::new_id(), true),
                 };
                 // Started now, so the mint runs while the upstream answers.
-                let pending = PendingToken::Spawned(state.tokens.spawn_token_for(
-                    route.clone(),
-                    session,
-                    identity,
-                ));
+                let pending = state
+                    .tokens
+                    .start_token_for(route.clone(), session, identity);
                 Ok((pending, session, is_new, client_accept))
             }
             Err(skip) => Err(skip),
@@ -272,7 +269,7 @@ async fn handle_inner(
             {
                 Err(skip) => Err(skip),
                 Ok((info, csp_plan)) => {
-                    match pending.resolve(&state.metrics, cfg.token.budget).await {
+                    match resolve_token(pending, &state.metrics, cfg.token.budget).await {
                         Ok(issued) => Ok((
                             info,
                             Insert::Widget(issued, csp_plan),
@@ -387,37 +384,35 @@ enum Insert {
     Fallback(Skip),
 }
 
-/// The token for a page, looked up in parallel with the upstream request.
-enum PendingToken {
-    Spawned(JoinHandle<Result<IssuedToken, TokenSkip>>),
-}
-
-impl PendingToken {
-    /// Wait at most `budget`; past it the page goes out without the widget while
-    /// the lookup carries on in its own task and fills the cache.
-    async fn resolve(
-        self,
-        metrics: &SharedMetrics,
-        budget: std::time::Duration,
-    ) -> Result<IssuedToken, Skip> {
-        let PendingToken::Spawned(mut handle) = self;
-        match tokio::time::timeout(budget, &mut handle).await {
-            Err(_) => {
-                metrics.token_event("budget_exceeded");
-                Err(Skip::TokenBudget)
-            }
-            Ok(Err(_join)) => Err(Skip::TokenUnavailable),
-            Ok(Ok(Ok(issued))) => Ok(issued),
-            Ok(Ok(Err(skip))) => Err(match skip {
-                TokenSkip::NoToken => Skip::NoToken,
-                TokenSkip::Operator(r) if r.reason() == "no_identity" => Skip::NoIdentity,
-                other => {
-                    tracing::debug!(reason = other.reason(), "no token for this page");
-                    Skip::TokenUnavailable
+/// The page's token: at once if the lookup finished when it started, else
+/// waited for at most `budget`; past it the page goes out without the widget
+/// while the lookup carries on in its own task and fills the cache.
+async fn resolve_token(
+    pending: PendingToken,
+    metrics: &SharedMetrics,
+    budget: std::time::Duration,
+) -> Result<IssuedToken, Skip> {
+    let looked_up = match pending {
+        PendingToken::Ready(result) => result,
+        PendingToken::Running(mut handle) => {
+            match tokio::time::timeout(budget, &mut handle).await {
+                Err(_) => {
+                    metrics.token_event("budget_exceeded");
+                    return Err(Skip::TokenBudget);
                 }
-            }),
+                Ok(Err(_join)) => return Err(Skip::TokenUnavailable),
+                Ok(Ok(result)) => result,
+            }
         }
-    }
+    };
+    looked_up.map_err(|skip| match skip {
+        TokenSkip::NoToken => Skip::NoToken,
+        TokenSkip::Operator(r) if r.reason() == "no_identity" => Skip::NoIdentity,
+        other => {
+            tracing::debug!(reason = other.reason(), "no token for this page");
+            Skip::TokenUnavailable
+        }
+    })
 }
 
 /// How the widget gets past the page's header CSP, or why it cannot (`Skip::Csp`).

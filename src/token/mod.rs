@@ -2,9 +2,10 @@
 //! operator, session), refreshed ahead of expiry, coalesced, optionally shared
 //! across replicas through Redis, with a circuit breaker in front of ChatHub.
 //!
-//! The proxy spawns [`Tokens::token_for`] (or [`Tokens::spawn_token_for`]) next
-//! to the upstream request and waits for it at most `token.budget`; a cold mint
-//! that takes longer keeps running and fills the cache for the next page.
+//! The proxy starts [`Tokens::start_token_for`] next to the upstream request
+//! and waits for it at most `token.budget`; a warm cache answers at once, and a
+//! cold mint that takes longer keeps running on its own task and fills the
+//! cache for the next page.
 
 mod breaker;
 mod cache;
@@ -23,8 +24,10 @@ use cache::{CachedToken, TokenExpiry, TokenKey};
 use directory::Directory;
 use moka::future::Cache;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
@@ -39,6 +42,14 @@ pub struct IssuedToken {
     pub token: Secret,
     /// When ChatHub stops accepting it.
     pub expires_at: OffsetDateTime,
+}
+
+/// A page's token lookup, from [`Tokens::start_token_for`].
+pub enum PendingToken {
+    /// It finished on the spot.
+    Ready(Result<IssuedToken, TokenSkip>),
+    /// It waits for something and carries on on its own task.
+    Running(tokio::task::JoinHandle<Result<IssuedToken, TokenSkip>>),
 }
 
 /// Why a page goes out without a token. Never an error page: the proxy serves
@@ -305,16 +316,30 @@ impl Tokens {
         }
     }
 
-    /// [`Tokens::token_for`] on its own task, so that the proxy can stop waiting
-    /// after its budget while the mint carries on and fills the cache.
-    pub fn spawn_token_for(
+    /// Start the lookup of a page's token. It is polled once, here: a warm
+    /// cache (or the development token) answers on that poll, and the page
+    /// then costs no task, no wake-up and no join. A lookup that has to wait (a
+    /// mint, Redis, someone else's mint of the same key) moves, as the same
+    /// future, onto a task of its own, so that the proxy can stop waiting after
+    /// its budget while the mint carries on and fills the cache.
+    pub fn start_token_for(
         &self,
         route: Arc<Route>,
         session: SessionId,
         identity: Option<String>,
-    ) -> tokio::task::JoinHandle<Result<IssuedToken, TokenSkip>> {
+    ) -> PendingToken {
         let this = self.clone();
-        tokio::spawn(async move { this.token_for(&route, &session, identity).await })
+        let mut lookup = Box::pin(async move { this.token_for(&route, &session, identity).await });
+        // The no-op waker is never needed: a spawned task is always polled
+        // once, and that poll registers the task's own waker wherever the
+        // lookup waits.
+        match lookup
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(result) => PendingToken::Ready(result),
+            Poll::Pending => PendingToken::Running(tokio::spawn(lookup)),
+        }
     }
 
     /// The token a page of `route` carries for `session`. `identity` is what

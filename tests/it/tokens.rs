@@ -12,7 +12,7 @@ use chathub_proxy::config::{Config, Route};
 use chathub_proxy::emulator::{Emulator, Fault, Seed};
 use chathub_proxy::metrics::{Metrics, SharedMetrics};
 use chathub_proxy::session::{self, SessionId};
-use chathub_proxy::token::{IssuedToken, TokenSkip, Tokens};
+use chathub_proxy::token::{IssuedToken, PendingToken, TokenSkip, Tokens};
 use http::header::{self, HeaderValue};
 use http_body_util::BodyExt;
 use std::collections::{HashMap, HashSet};
@@ -95,6 +95,18 @@ fn operator_of(t: &IssuedToken) -> i64 {
     claims(t)["operator_id"].as_i64().unwrap()
 }
 
+/// A page's token lookup on a task of its own, as the proxy runs one that has
+/// to wait: for many lookups at once.
+fn spawn_lookup(
+    tokens: &Tokens,
+    route: Arc<Route>,
+    session: SessionId,
+    identity: Option<String>,
+) -> tokio::task::JoinHandle<Result<IssuedToken, TokenSkip>> {
+    let tokens = tokens.clone();
+    tokio::spawn(async move { tokens.token_for(&route, &session, identity).await })
+}
+
 /// Wait (bounded) until `f` holds; false if it never did.
 async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -109,6 +121,31 @@ async fn eventually(mut f: impl FnMut() -> bool) -> bool {
 
 const FIRST_ACTIVE: &str = r#"{ rule = "first-active" }"#;
 
+/// A warm hit is answered on the spot (no task, no join); a cold lookup runs
+/// on a task of its own and finishes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_token_is_ready_at_once_and_a_cold_one_runs_on_its_own_task() {
+    let emu = emulator().await;
+    let cfg = cfg(&emu, "", "", &[("support", "6", FIRST_ACTIVE)]);
+    let (tokens, metrics) = tokens(&cfg);
+    let r = route(&cfg, "support");
+    let s = session::new_id();
+    let cold = match tokens.start_token_for(r.clone(), s, None) {
+        PendingToken::Running(handle) => handle.await.unwrap().unwrap(),
+        PendingToken::Ready(_) => {
+            panic!("a cold lookup that calls ChatHub cannot finish on its first poll")
+        }
+    };
+    assert_eq!(metrics.token_event_count("mint"), 1);
+    match tokens.start_token_for(r.clone(), s, None) {
+        PendingToken::Ready(Ok(warm)) => assert_eq!(warm.token.expose(), cold.token.expose()),
+        PendingToken::Ready(Err(e)) => panic!("warm lookup failed: {e}"),
+        PendingToken::Running(_) => panic!("a warm lookup should not need a task"),
+    }
+    assert_eq!(metrics.token_event_count("hit"), 1);
+    assert_eq!(emu.calls(GET_TOKEN), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_page_loads_of_one_session_mint_once() {
     let emu = emulator().await;
@@ -117,7 +154,7 @@ async fn thousand_concurrent_page_loads_of_one_session_mint_once() {
     let r = route(&cfg, "support");
     let s = session::new_id();
     let handles: Vec<_> = (0..1000)
-        .map(|_| tokens.spawn_token_for(r.clone(), s, None))
+        .map(|_| spawn_lookup(&tokens, r.clone(), s, None))
         .collect();
     let mut seen = HashSet::new();
     for h in handles {
@@ -149,7 +186,7 @@ async fn five_hundred_sessions_mint_once_each() {
     let handles: Vec<_> = sessions
         .iter()
         .chain(sessions.iter())
-        .map(|s| tokens.spawn_token_for(r.clone(), *s, None))
+        .map(|s| spawn_lookup(&tokens, r.clone(), *s, None))
         .collect();
     let mut per_session: HashMap<usize, HashSet<String>> = HashMap::new();
     for (i, h) in handles.into_iter().enumerate() {
@@ -437,7 +474,14 @@ async fn identity_rule_provisions_a_missing_operator_once() {
     let r = route(&cfg, "support");
     // Twenty sessions of the same new user at once.
     let handles: Vec<_> = (0..20)
-        .map(|_| tokens.spawn_token_for(r.clone(), session::new_id(), Some("Zoe Quinn".into())))
+        .map(|_| {
+            spawn_lookup(
+                &tokens,
+                r.clone(),
+                session::new_id(),
+                Some("Zoe Quinn".into()),
+            )
+        })
         .collect();
     let mut ids = HashSet::new();
     for h in handles {
@@ -619,7 +663,7 @@ async fn three_replicas_sharing_redis_mint_once_per_session() {
     let mut handles = Vec::new();
     for s in &sessions {
         for (t, _) in &replicas {
-            handles.push((*s, t.spawn_token_for(r.clone(), *s, None)));
+            handles.push((*s, spawn_lookup(t, r.clone(), *s, None)));
         }
     }
     let mut per_session: HashMap<[u8; 16], HashSet<String>> = HashMap::new();
@@ -664,7 +708,7 @@ async fn keeps_serving_when_redis_is_unreachable() {
     let r = route(&cfg, "support");
     let s = session::new_id();
     let handles: Vec<_> = (0..100)
-        .map(|_| tokens.spawn_token_for(r.clone(), s, None))
+        .map(|_| spawn_lookup(&tokens, r.clone(), s, None))
         .collect();
     for h in handles {
         h.await.unwrap().unwrap();
