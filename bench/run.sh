@@ -14,6 +14,8 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 LIB="$BENCH_DIR/lib"
+# shellcheck source=lib/common.sh
+. "$LIB/common.sh"
 
 MODE=full
 DURATION=""
@@ -123,18 +125,6 @@ start_bg() {
     LAST_PID=$!
 }
 
-# wait_port PORT SECONDS [PID]: until something accepts on 127.0.0.1:PORT; fails
-# early if PID has exited.
-wait_port() {
-    local port=$1 secs=$2 pid=${3:-} n
-    for n in $(seq 1 $(( secs * 10 ))); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
-        sleep 0.1
-    done
-    return 1
-}
-
 # utime+stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat;
 # the command name may hold spaces, so count from after its closing paren).
 ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
@@ -143,18 +133,6 @@ status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null 
 # peak can be read per run instead of since the process started.
 reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || HWM_RESET_FAILED=1; }
 HWM_RESET_FAILED=0
-
-free_ports() {
-    "$PY" - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
 
 # ---------------------------------------------------------------- tools
 have_matplotlib() { "$1" -c 'import matplotlib' 2>/dev/null; }
@@ -229,56 +207,10 @@ for _ in $(seq 1 50); do [ -s "$TMP/pyorigin.port" ] && break; sleep 0.1; done
 [ -s "$TMP/pyorigin.port" ] || die "python origin did not start (see its log)"
 P_PY=$(tr -d '[:space:]' <"$TMP/pyorigin.port")
 
-USER_LINE=""
-[ "$(id -u)" = 0 ] && USER_LINE="user root;"
 WIDGET='<script type="module" id="operator-chat-panel-script" src="https://widget.smsbat.com/operator-chat-panel/widget-script.js" token="test-token-for-development"></script>'
 
-nginx_common() {  # $1 = prefix directory
-    mkdir -p "$1/tmp"
-    cat <<EOF
-$USER_LINE
-worker_processes 1;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 20000; multi_accept on; }
-EOF
-}
-nginx_http_common() {
-    cat <<EOF
-    access_log off;
-    types { text/html html; }
-    default_type application/octet-stream;
-    client_body_temp_path tmp/body;
-    proxy_temp_path tmp/proxy;
-    fastcgi_temp_path tmp/fastcgi;
-    uwsgi_temp_path tmp/uwsgi;
-    scgi_temp_path tmp/scgi;
-    # No limit on requests per keep-alive connection, like hyper.
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-EOF
-}
-
 mkdir -p "$TMP/nginx-origin" "$TMP/nginx-front"
-{
-    nginx_common "$TMP/nginx-origin"
-    echo "http {"
-    nginx_http_common
-    cat <<EOF
-    sendfile on;
-    tcp_nopush on;
-    server {
-        listen 127.0.0.1:$P_ORIGIN backlog=4096;
-        root $TMP/www;
-        gzip_static on;
-        gzip on;  # text/html is always among gzip_types
-        location / { }
-    }
-}
-EOF
-} >"$TMP/nginx-origin/nginx.conf"
+nginx_origin_conf "$TMP/nginx-origin" "$P_ORIGIN" "$TMP/www" >"$TMP/nginx-origin/nginx.conf"
 
 {
     nginx_common "$TMP/nginx-front"
