@@ -18,11 +18,11 @@ pub(super) fn find(needle: u8, hay: &[u8]) -> Option<usize> {
     memchr::memchr(needle, &hay[SHORT..]).map(|i| i + SHORT)
 }
 
-/// The first `>`, `"` or `'` in `hay`.
+/// The first `>`, `"`, `'` or `=` in `hay`.
 #[inline]
-fn find_gt_or_quote(hay: &[u8]) -> Option<usize> {
+fn find_gt_quote_or_eq(hay: &[u8]) -> Option<usize> {
     first_of(hay, |w| {
-        matches(w, b'>') | matches(w, b'"') | matches(w, b'\'')
+        matches(w, b'>') | matches(w, b'"') | matches(w, b'\'') | matches(w, b'=')
     })
 }
 
@@ -146,28 +146,79 @@ pub(super) enum Parsed {
     Tag(Tag),
 }
 
-/// The rest of a tag whose name ends at `p`. Without quotes in it, the first
-/// `>` closes the tag whatever the attributes look like (only a quoted value
-/// can contain `>`); otherwise, and when `detailed`, lol_html's states decide.
+/// The rest of a tag whose name ends at `p`: with `detailed`, by lol_html's
+/// attribute states, noting the attributes; otherwise only where it ends.
 pub(super) fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
     if detailed {
-        return parse_attributes::<true>(buf, p);
+        parse_attributes(buf, p)
+    } else {
+        skip_attributes(buf, p)
     }
-    if let Some(i) = find_gt_or_quote(&buf[p..])
-        && buf[p + i] == b'>'
-    {
-        return Parsed::Tag(Tag::ending_at(p + i + 1));
+}
+
+/// Where a tag ends, from the end of its name at `p`, jumping from one `>`,
+/// quote or `=` to the next rather than reading every attribute byte: only a
+/// quoted value can hold a `>`, and a quote opens a value only right after
+/// an `=` that separates a name from its value (give or take spaces). That
+/// `=` is a separator unless it is where an attribute name starts: first in
+/// the run since the last value, or after a `/` (which puts lol_html back in
+/// the before-attribute-name state). Everything else in a run (names, stray
+/// quotes inside names) is passed over.
+fn skip_attributes(buf: &[u8], mut p: usize) -> Parsed {
+    // Start of the current run without a value, and whether a name has
+    // begun in it at a `=` or quote already passed over.
+    let (mut run, mut named) = (p, false);
+    loop {
+        let Some(i) = find_gt_quote_or_eq(&buf[p..]) else {
+            return Parsed::Incomplete;
+        };
+        let at = p + i;
+        match buf[at] {
+            b'>' => return Parsed::Tag(Tag::ending_at(at + 1)),
+            b'=' => {
+                let separator = match buf[run..at].iter().rposition(|&b| !is_space(b)) {
+                    Some(j) => buf[run + j] != b'/',
+                    None => named,
+                };
+                if !separator {
+                    (run, named) = (at + 1, true);
+                    p = at + 1;
+                    continue;
+                }
+                // Before the attribute value.
+                let v = skip(buf, at + 1, |c| c == SPACE);
+                let Some(&b) = buf.get(v) else {
+                    return Parsed::Incomplete;
+                };
+                p = match b {
+                    b'"' | b'\'' => match find(b, &buf[v + 1..]) {
+                        Some(j) => v + 1 + j + 1,
+                        None => return Parsed::Incomplete,
+                    },
+                    b'>' => return Parsed::Tag(Tag::ending_at(v + 1)),
+                    // Unquoted: up to a space or `>`.
+                    _ => skip(buf, v, |c| c != SPACE && c != GT),
+                };
+                (run, named) = (p, false);
+            }
+            // A quote not after a separator is part of a name.
+            _ => {
+                (run, named) = (at + 1, true);
+                p = at + 1;
+            }
+        }
     }
-    parse_attributes::<false>(buf, p)
+}
+
+fn is_space(b: u8) -> bool {
+    CLASS[usize::from(b)] == SPACE
 }
 
 /// lol_html's attribute states (`syntax/tag`), from the end of the tag name at
 /// `p`, written as one loop per attribute rather than a state per byte: the
 /// before-name, name, after-name, before-value and value states follow each
 /// other in that order, so each becomes a step with a tight inner loop.
-///
-/// With `READ` false only the tag's end is wanted: attributes are not noted.
-fn parse_attributes<const READ: bool>(buf: &[u8], mut p: usize) -> Parsed {
+fn parse_attributes(buf: &[u8], mut p: usize) -> Parsed {
     let mut tag = Tag::ending_at(0);
     loop {
         // Before attribute name.
@@ -206,9 +257,7 @@ fn parse_attributes<const READ: bool>(buf: &[u8], mut p: usize) -> Parsed {
         if b != b'=' {
             // No value: `>` ends the tag, `/` and anything else are read by
             // the before-attribute-name step.
-            if READ {
-                tag.attribute(buf, name, (p, p));
-            }
+            tag.attribute(buf, name, (p, p));
             if b == b'>' {
                 break;
             }
@@ -224,15 +273,11 @@ fn parse_attributes<const READ: bool>(buf: &[u8], mut p: usize) -> Parsed {
                 let Some(i) = find(b, &buf[p + 1..]) else {
                     return Parsed::Incomplete;
                 };
-                if READ {
-                    tag.attribute(buf, name, (p + 1, p + 1 + i));
-                }
+                tag.attribute(buf, name, (p + 1, p + 1 + i));
                 p += i + 2;
             }
             b'>' => {
-                if READ {
-                    tag.attribute(buf, name, (p, p));
-                }
+                tag.attribute(buf, name, (p, p));
                 tag.ended_before_value = true;
                 break;
             }
@@ -242,9 +287,7 @@ fn parse_attributes<const READ: bool>(buf: &[u8], mut p: usize) -> Parsed {
                 let Some(&b) = buf.get(p) else {
                     return Parsed::Incomplete;
                 };
-                if READ {
-                    tag.attribute(buf, name, (start, p));
-                }
+                tag.attribute(buf, name, (start, p));
                 if b == b'>' {
                     break;
                 }
@@ -292,10 +335,10 @@ mod tests {
         }
 
         #[test]
-        fn find_gt_or_quote_is_position(hay in hay()) {
+        fn find_gt_quote_or_eq_is_position(hay in hay()) {
             prop_assert_eq!(
-                find_gt_or_quote(&hay),
-                hay.iter().position(|&b| matches!(b, b'>' | b'"' | b'\''))
+                find_gt_quote_or_eq(&hay),
+                hay.iter().position(|&b| matches!(b, b'>' | b'"' | b'\'' | b'='))
             );
         }
     }

@@ -374,6 +374,24 @@ mod differential {
         proptest::collection::vec(piece(), 0..48).prop_map(|p| p.concat())
     }
 
+    /// Attribute soup: tags in which quotes, `=`, `/`, spaces and `>` come in
+    /// every order, and a `</body>` that only a value can hide. Where such a
+    /// tag ends is for lol_html's attribute states alone to say; `piece()`
+    /// rarely builds them, as its tags are whole.
+    fn soup() -> impl Strategy<Value = Vec<u8>> {
+        const NAMES: &[&str] = &["a", "p", "body", "script", "meta", "img"];
+        const ATOMS: &[&str] = &[
+            " ", "\n", "/", "=", "\"", "'", ">", "a", "b", "x=", "=\"", "\">", "</body>",
+        ];
+        let tag = (
+            proptest::sample::select(NAMES),
+            proptest::collection::vec(proptest::sample::select(ATOMS), 0..14),
+        )
+            .prop_map(|(name, atoms)| format!("<{name}{}", atoms.concat()));
+        proptest::collection::vec(tag, 1..6)
+            .prop_map(|tags| format!("<body>{}</body>x</body>", tags.concat()).into_bytes())
+    }
+
     /// 2,000 documents by default; `CHATHUB_DIFFERENTIAL_CASES` asks for more
     /// (`scripts/test` runs a million in release mode).
     fn cases() -> u32 {
@@ -400,6 +418,15 @@ mod differential {
                 assert_same_paths(&doc, &sizes);
                 assert_same_paths(&doc, &[usize::MAX]);
             }
+        }
+
+        #[test]
+        fn fast_path_ends_tags_where_lol_html_does(
+            doc in soup(),
+            sizes in proptest::collection::vec(1usize..40, 1..5),
+        ) {
+            assert_same_paths(&doc, &sizes);
+            assert_same_paths(&doc, &[usize::MAX]);
         }
     }
 }
