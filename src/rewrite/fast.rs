@@ -26,7 +26,7 @@
 
 use bytes::{Bytes, BytesMut};
 use lol_html::AsciiCompatibleEncoding;
-use tag::{EQ, OTHER, Parsed, Tag, find, finish_tag, skip};
+use tag::{CLASS, EQ, OTHER, Parsed, Tag, find, finish_tag};
 
 mod tag;
 
@@ -49,17 +49,31 @@ struct Name {
 }
 
 impl Name {
-    /// `None` for names the fast path does not handle.
-    fn new(raw: &[u8]) -> Option<Name> {
-        if raw.is_empty() || raw.len() > MAX_NAME {
-            return None;
-        }
+    /// The tag name from `start` to the first space, `/` or `>`, read and
+    /// packed in one pass.
+    fn read(buf: &[u8], start: usize) -> NameRead {
         // Three scalars, not an indexed array, so they stay in registers.
         let (mut w0, mut w1, mut w2) = (0u64, 0u64, 0u64);
-        for (i, &b) in raw.iter().enumerate() {
+        for (i, &b) in buf[start.min(buf.len())..].iter().enumerate() {
             let c = NAME_BYTE[usize::from(b)];
             if c == 0 {
-                return None;
+                // The name ends at a space, `/` or `>`; any other byte would
+                // be part of it, and such names are lol_html's.
+                return match CLASS[usize::from(b)] {
+                    _ if i == 0 => NameRead::Odd,
+                    OTHER | EQ => NameRead::Odd,
+                    // `i <= MAX_NAME` (24), so it fits in a u8.
+                    _ => NameRead::Name(
+                        Name {
+                            len: i as u8,
+                            words: [w0, w1, w2],
+                        },
+                        start + i,
+                    ),
+                };
+            }
+            if i == MAX_NAME {
+                return NameRead::Odd;
             }
             let v = u64::from(c) << (8 * (i % 8));
             match i / 8 {
@@ -68,11 +82,7 @@ impl Name {
                 _ => w2 |= v,
             }
         }
-        // `raw.len() <= MAX_NAME` (24), so it fits in a u8.
-        Some(Name {
-            len: raw.len() as u8,
-            words: [w0, w1, w2],
-        })
+        NameRead::Incomplete
     }
 
     /// The name's bytes, in a buffer of which the first `len` count.
@@ -87,6 +97,16 @@ impl Name {
     fn len(self) -> usize {
         usize::from(self.len)
     }
+}
+
+/// How reading a tag name ended.
+enum NameRead {
+    /// The name, and the index of the byte after it.
+    Name(Name, usize),
+    /// The buffer ends inside the name.
+    Incomplete,
+    /// A name the fast path does not handle.
+    Odd,
 }
 
 /// A constant name (lower case, valid): for comparisons.
@@ -459,12 +479,10 @@ impl Scanner {
     /// A start or end tag at `lt` (its name starts with a letter).
     fn tag(&mut self, buf: &[u8], lt: usize, is_end: bool) -> Result<usize, Scan> {
         let name_start = lt + 1 + usize::from(is_end);
-        let name_end = skip(buf, name_start, |c| c == OTHER || c == EQ);
-        if name_end >= buf.len() {
-            return Err(hold_from(buf, lt));
-        }
-        let Some(name) = Name::new(&buf[name_start..name_end]) else {
-            return Err(Scan::Handoff(lt));
+        let (name, name_end) = match Name::read(buf, name_start) {
+            NameRead::Name(name, end) => (name, end),
+            NameRead::Incomplete => return Err(hold_from(buf, lt)),
+            NameRead::Odd => return Err(Scan::Handoff(lt)),
         };
         let kind = if is_end { Kind::Normal } else { kind(name) };
         if kind == Kind::HandsOver {

@@ -73,7 +73,7 @@ const SLASH: u8 = 2;
 const GT: u8 = 3;
 pub(super) const EQ: u8 = 4;
 
-static CLASS: [u8; 256] = {
+pub(super) static CLASS: [u8; 256] = {
     let mut t = [OTHER; 256];
     t[b' ' as usize] = SPACE;
     t[b'\n' as usize] = SPACE;
