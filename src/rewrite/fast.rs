@@ -52,37 +52,49 @@ impl Name {
     /// The tag name from `start` to the first space, `/` or `>`, read and
     /// packed in one pass.
     fn read(buf: &[u8], start: usize) -> NameRead {
-        // Three scalars, not an indexed array, so they stay in registers.
-        let (mut w0, mut w1, mut w2) = (0u64, 0u64, 0u64);
-        for (i, &b) in buf[start.min(buf.len())..].iter().enumerate() {
+        let bytes = &buf[start.min(buf.len())..];
+        let mut words = [0u64; 3];
+        // Most names fit in the first word: a loop of its own, with the word
+        // in a register, before the general one.
+        let mut w0 = 0u64;
+        for (i, &b) in bytes.iter().take(8).enumerate() {
             let c = NAME_BYTE[usize::from(b)];
             if c == 0 {
-                // The name ends at a space, `/` or `>`; any other byte would
-                // be part of it, and such names are lol_html's.
-                return match CLASS[usize::from(b)] {
-                    _ if i == 0 => NameRead::Odd,
-                    OTHER | EQ => NameRead::Odd,
-                    // `i <= MAX_NAME` (24), so it fits in a u8.
-                    _ => NameRead::Name(
-                        Name {
-                            len: i as u8,
-                            words: [w0, w1, w2],
-                        },
-                        start + i,
-                    ),
-                };
+                words[0] = w0;
+                return Name::ended(words, i, b, start);
+            }
+            w0 |= u64::from(c) << (8 * i);
+        }
+        words[0] = w0;
+        for (i, &b) in bytes.iter().enumerate().skip(8) {
+            let c = NAME_BYTE[usize::from(b)];
+            if c == 0 {
+                return Name::ended(words, i, b, start);
             }
             if i == MAX_NAME {
                 return NameRead::Odd;
             }
-            let v = u64::from(c) << (8 * (i % 8));
-            match i / 8 {
-                0 => w0 |= v,
-                1 => w1 |= v,
-                _ => w2 |= v,
-            }
+            words[i / 8] |= u64::from(c) << (8 * (i % 8));
         }
         NameRead::Incomplete
+    }
+
+    /// A name of `len` bytes, packed in `words`, is followed by `b`: it ends
+    /// there at a space, `/` or `>`; any other byte would be part of it, and
+    /// such names are lol_html's.
+    fn ended(words: [u64; 3], len: usize, b: u8, start: usize) -> NameRead {
+        match CLASS[usize::from(b)] {
+            _ if len == 0 => NameRead::Odd,
+            OTHER | EQ => NameRead::Odd,
+            // `len <= MAX_NAME` (24), so it fits in a u8.
+            _ => NameRead::Name(
+                Name {
+                    len: len as u8,
+                    words,
+                },
+                start + len,
+            ),
+        }
     }
 
     /// The name's bytes, in a buffer of which the first `len` count.

@@ -43,26 +43,35 @@ fn matches(w: u64, b: u8) -> u64 {
 /// (little-endian words, so the lowest flagged byte comes first).
 #[inline]
 fn first_of(hay: &[u8], mask: impl Fn(u64) -> u64) -> Option<usize> {
-    let mut chunks = hay.chunks_exact(8);
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&hay[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let n = hay.len();
     let mut at = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let m = mask(u64::from_le_bytes(word));
+    while at + 8 <= n {
+        let m = mask(word(at));
         if m != 0 {
             return Some(at + (m.trailing_zeros() / 8) as usize);
         }
         at += 8;
     }
-    let rest = chunks.remainder();
-    let mut word = [0u8; 8];
-    for (to, &b) in word.iter_mut().zip(rest) {
-        *to = b;
+    if at == n {
+        return None;
     }
-    // Bytes past the end are zero, which no needle (`<`, `>`, quotes) is.
-    let m = mask(u64::from_le_bytes(word));
+    if n >= 8 {
+        // The last eight bytes, overlapping bytes already seen: none of those
+        // matched, so the lowest flag is still the first match.
+        let m = mask(word(n - 8));
+        return (m != 0).then(|| n - 8 + (m.trailing_zeros() / 8) as usize);
+    }
+    let mut w = [0u8; 8];
+    w[..n].copy_from_slice(hay);
+    // Bytes past the end are zero, which no needle (`<`, `>`, `=`, quotes) is.
+    let m = mask(u64::from_le_bytes(w));
     let i = (m.trailing_zeros() / 8) as usize;
-    (m != 0 && i < rest.len()).then_some(at + i)
+    (m != 0 && i < n).then_some(i)
 }
 
 // Byte classes for the tag states' inner loops (quotes count as `OTHER`:
