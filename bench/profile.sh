@@ -118,16 +118,7 @@ listen = ""
 filter = "warn"
 [inject]
 dev_token = "test-token-for-development"
-[[routes]]
-name = "inject"
-hosts = ["inject.bench"]
-upstream = "http://127.0.0.1:$P_ORIGIN"
-inject = true
-[[routes]]
-name = "plain"
-hosts = ["plain.bench"]
-upstream = "http://127.0.0.1:$P_ORIGIN"
-inject = false
+$(bench_routes "$P_ORIGIN")
 EOF
 
 # start_proxy [wrapper...]: the proxy on core 1 with one worker, as in run.sh.

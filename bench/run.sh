@@ -298,17 +298,7 @@ filter = "warn"
 dev_token = "test-token-for-development"
 debug_header = true
 
-[[routes]]
-name = "inject"
-hosts = ["inject.bench"]
-upstream = "http://127.0.0.1:$P_ORIGIN"
-inject = true
-
-[[routes]]
-name = "plain"
-hosts = ["plain.bench"]
-upstream = "http://127.0.0.1:$P_ORIGIN"
-inject = false
+$(bench_routes "$P_ORIGIN")
 
 [[routes]]
 name = "pyorigin"

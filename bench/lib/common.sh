@@ -78,3 +78,22 @@ nginx_origin_conf() {
 }
 EOF
 }
+
+# bench_routes ORIGIN_PORT: the proxy's two benchmark routes to the nginx
+# origin, one with injection and one without (the hop alone), so that the
+# profiles and the benchmark run the same routes.
+bench_routes() {
+    cat <<EOF2
+[[routes]]
+name = "inject"
+hosts = ["inject.bench"]
+upstream = "http://127.0.0.1:$1"
+inject = true
+
+[[routes]]
+name = "plain"
+hosts = ["plain.bench"]
+upstream = "http://127.0.0.1:$1"
+inject = false
+EOF2
+}
