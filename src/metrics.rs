@@ -7,7 +7,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -37,6 +38,47 @@ pub struct Metrics {
     breaker_open: Gauge,
     connections: Gauge,
     parked: Gauge,
+    /// Handles of `requests` by route and status, and of `inject` "skipped" by
+    /// reason (status 0): the two counters every request touches.
+    hot: Handles,
+}
+
+/// Counter handles by label, in front of a `Family`. A `Family` lookup wants an
+/// owned label set (an allocation) and hashes it with SipHash; this costs a
+/// string hash with foldhash under a read lock. A handle shares its value with
+/// the `Family`'s counter, so the exported numbers are the same.
+#[derive(Default)]
+struct Handles(RwLock<HandleMap>);
+
+/// Name → (status or 0, handle); a route sees a handful of statuses.
+type HandleMap = HashMap<String, Vec<(u16, Counter)>, foldhash::fast::RandomState>;
+
+impl Handles {
+    fn inc(&self, name: &str, code: u16, create: impl FnOnce() -> Counter) {
+        // A poisoned lock still holds a consistent map: counting goes on.
+        {
+            let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, h)) = map
+                .get(name)
+                .and_then(|l| l.iter().find(|(c, _)| *c == code))
+            {
+                h.inc();
+                return;
+            }
+        }
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(name.to_owned()).or_default();
+        match list.iter().find(|(c, _)| *c == code) {
+            Some((_, h)) => {
+                h.inc();
+            }
+            None => {
+                let h = create();
+                h.inc();
+                list.push((code, h));
+            }
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -106,16 +148,19 @@ impl Metrics {
             breaker_open,
             connections,
             parked,
+            hot: Handles::default(),
         }
     }
 
     pub fn request(&self, route: &str, status: u16) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                status,
-            })
-            .inc();
+        self.hot.inc(route, status, || {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.to_owned(),
+                    status,
+                })
+                .clone()
+        });
     }
 
     /// Count a page that got the widget.
@@ -130,12 +175,14 @@ impl Metrics {
 
     /// Count a response that did not get the widget, and why.
     pub fn skipped(&self, reason: &str) {
-        self.inject
-            .get_or_create(&OutcomeLabels {
-                outcome: "skipped".into(),
-                reason: reason.to_owned(),
-            })
-            .inc();
+        self.hot.inc(reason, 0, || {
+            self.inject
+                .get_or_create(&OutcomeLabels {
+                    outcome: "skipped".into(),
+                    reason: reason.to_owned(),
+                })
+                .clone()
+        });
     }
 
     pub fn rewrite_failure(&self, reason: &str) {
@@ -226,3 +273,33 @@ impl Metrics {
 
 /// Shared handle.
 pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_handles_count_into_the_exported_families() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.request("shop", 200);
+        }
+        m.request("shop", 404);
+        m.request("blog", 200);
+        // A reason spelled like a route is its own counter (different family).
+        m.skipped("shop");
+        m.skipped("not_html");
+        m.skipped("not_html");
+        let text = m.render();
+        for line in [
+            r#"chathub_proxy_requests_total{route="shop",status="200"} 3"#,
+            r#"chathub_proxy_requests_total{route="shop",status="404"} 1"#,
+            r#"chathub_proxy_requests_total{route="blog",status="200"} 1"#,
+            r#"chathub_proxy_inject_total{outcome="skipped",reason="shop"} 1"#,
+            r#"chathub_proxy_inject_total{outcome="skipped",reason="not_html"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert_eq!(m.skipped_count("not_html"), 2);
+    }
+}

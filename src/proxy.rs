@@ -170,8 +170,8 @@ async fn handle_inner(
     // `Connection: X-Forwarded-For` cannot delete what the proxy adds. The
     // proxy terminates no TLS: only a trusted proxy in front can say HTTPS.
     forwarded::strip_hop_by_hop(&mut parts.headers);
-    let client = forwarded::set_forwarded(&mut parts.headers, peer.ip(), trusted, "http", &host);
-    let https = client.proto == "https";
+    let https =
+        forwarded::set_forwarded(&mut parts.headers, peer.ip(), trusted, "http", &host) == "https";
 
     // The token endpoint for long-lived pages is answered here, never upstream.
     if path == cfg.inject.token_path {
@@ -206,7 +206,7 @@ async fn handle_inner(
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
     set_upstream_host(&mut parts.headers, &route, &host);
-    parts.uri = upstream_uri(&route.upstream, &parts.uri)?;
+    parts.uri = upstream_uri(&route.upstream, std::mem::take(&mut parts.uri))?;
     // An HTTP/2 client's request goes to an HTTP/1 upstream as HTTP/1.1; ALPN
     // still picks h2 where a TLS upstream offers it.
     parts.version = Version::HTTP_11;
@@ -516,18 +516,16 @@ fn set_upstream_host(headers: &mut HeaderMap, route: &Route, client_host: &str) 
     }
 }
 
-fn upstream_uri(base: &Uri, original: &Uri) -> Result<Uri, ProxyError> {
-    let pq = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut b = Uri::builder();
-    if let Some(s) = base.scheme() {
-        b = b.scheme(s.clone());
+/// The request's URI in absolute form for the route's upstream. The path and
+/// query move over as parsed (no copy, no second parse).
+fn upstream_uri(base: &Uri, original: Uri) -> Result<Uri, ProxyError> {
+    let mut parts = original.into_parts();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
-    if let Some(a) = base.authority() {
-        b = b.authority(a.clone());
-    }
-    b.path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadHost)
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadHost)
 }
 
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
