@@ -20,9 +20,9 @@ pub enum ProxyError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("could not connect to the upstream")]
-    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    UpstreamConnect(#[source] crate::body::BoxError),
     #[error("upstream request failed")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    Upstream(#[source] crate::body::BoxError),
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
     #[error("bad request body")]

@@ -1,12 +1,18 @@
-//! The pooled hyper-util client that carries requests to upstreams, with a
-//! connect deadline (→ 502) and a response-head deadline (→ 504). Bodies are not
-//! timed here: SSE and long-polls may stay quiet for as long as they like.
+//! The pooled clients that carry requests to upstreams, with a connect deadline
+//! (→ 502) and a response-head deadline (→ 504). Bodies are not timed here: SSE
+//! and long-polls may stay quiet for as long as they like. Plain `http`
+//! upstreams go through the proxy's own HTTP/1.1 pool ([`pool`]); `https`
+//! ones through hyper-util's client (TLS, ALPN h2).
+
+mod pool;
+
+pub use pool::PooledBody as UpstreamBody;
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
+use http::uri::Scheme;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -15,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 #[derive(Clone)]
 pub struct Upstream {
     client: HyperClient<HttpsConnector<HttpConnector>, Body>,
+    http: pool::Pool,
     response_timeout: std::time::Duration,
 }
 
@@ -45,17 +52,27 @@ impl Upstream {
             .build(https);
         Ok(Upstream {
             client,
+            http: pool::Pool::new(cfg),
             response_timeout: cfg.response_timeout,
         })
     }
 
     /// Send one request and wait for the response head within the deadline.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<UpstreamBody>, ProxyError> {
+        let deadline = self.response_timeout;
+        if req.uri().scheme() == Some(&Scheme::HTTP) {
+            return match tokio::time::timeout(deadline, self.http.send(req)).await {
+                Err(_) => Err(ProxyError::UpstreamTimeout),
+                Ok(Err(pool::PoolError::Connect(e))) => Err(ProxyError::UpstreamConnect(e)),
+                Ok(Err(pool::PoolError::Request(e))) => Err(ProxyError::Upstream(e.into())),
+                Ok(Ok(resp)) => Ok(resp),
+            };
+        }
+        match tokio::time::timeout(deadline, self.client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e)),
-            Ok(Err(e)) => Err(ProxyError::Upstream(e)),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e.into())),
+            Ok(Err(e)) => Err(ProxyError::Upstream(e.into())),
+            Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::unpooled)),
         }
     }
 }

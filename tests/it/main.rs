@@ -10,3 +10,4 @@ mod parking;
 mod proxy_tokens;
 mod support;
 mod tokens;
+mod upstream_pool;

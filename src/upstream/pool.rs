@@ -1,0 +1,274 @@
+//! Keep-alive HTTP/1.1 connections to plain-`http` upstreams, driven in the
+//! proxy's own tasks.
+//!
+//! hyper-util's pooled client costs a request about 10,000 instructions on the
+//! 2 KB bench page, a fifth of the whole hop: a SipHash of the pool key on
+//! checkout and again on return, a large request future built and then moved
+//! into a box, and a task spawned per response to wait for the connection to
+//! be ready again (bench/README.md, "What profiling found"). Here a connection
+//! is leased with its response body and handed back when that body ends, so
+//! nothing waits in a task of its own, and the pool is keyed by a short string
+//! with foldhash. hyper-util still carries `https` upstreams (TLS, ALPN h2).
+//!
+//! What hyper-util gave and this keeps: idle connections expire after
+//! `upstream.pool_idle_timeout`, at most `pool_max_idle_per_host` wait per
+//! upstream, a connect deadline, and a request that was never written to a
+//! pooled connection found closed is sent again on another (nothing reached
+//! the upstream, so even a POST is safe); once written, never again.
+
+use crate::body::{Body, BoxError};
+use crate::config::UpstreamConfig;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Why a request got no response from the pool.
+#[derive(Debug)]
+pub enum PoolError {
+    /// No TCP connection (refused, unresolvable, or past the deadline).
+    Connect(BoxError),
+    /// The connection failed while sending or before the response head.
+    Request(hyper::Error),
+}
+
+type Sender = http1::SendRequest<Body>;
+type Idle = HashMap<Arc<str>, Vec<(Sender, Instant)>, foldhash::fast::RandomState>;
+
+/// A cheap-to-clone handle on the pool.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Idle connections per `host:port`, the most recently used last.
+    idle: Mutex<Idle>,
+    idle_timeout: Duration,
+    max_idle: usize,
+    connect_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(cfg: &UpstreamConfig) -> Pool {
+        let inner = Arc::new(Inner {
+            idle: Mutex::new(Idle::default()),
+            idle_timeout: cfg.pool_idle_timeout,
+            max_idle: cfg.pool_max_idle_per_host,
+            connect_timeout: cfg.connect_timeout,
+        });
+        // Idle connections hold a socket on both sides: close the expired ones
+        // even when no request comes to take them. The reaper ends with the pool.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(reap(Arc::downgrade(&inner)));
+        }
+        Pool { inner }
+    }
+
+    /// Send `req` (absolute URI, `http` scheme) on a pooled or new connection.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, PoolError> {
+        // The upstream gets the origin form, as from any client.
+        let origin_form = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+        let uri = std::mem::replace(req.uri_mut(), origin_form);
+        // Keyed by the authority as configured: no allocation per request.
+        let key = uri
+            .authority()
+            .ok_or_else(|| PoolError::Connect("upstream URI has no authority".into()))?
+            .as_str();
+        loop {
+            let (key, mut sender, reused) = match self.checkout(key).await {
+                Some((key, sender)) => (key, sender, true),
+                None => (Arc::from(key), self.connect(&uri).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    // A 101 hands the connection to the upgrade: never pooled.
+                    let lease = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Lease {
+                        pool: Arc::downgrade(&self.inner),
+                        key,
+                        sender,
+                    });
+                    return Ok(resp.map(|body| PooledBody::new(body, lease)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written: the pooled connection had closed under us.
+                    Some(r) if reused => req = r,
+                    _ => return Err(PoolError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection to `key` that is still open.
+    async fn checkout(&self, key: &str) -> Option<(Arc<str>, Sender)> {
+        loop {
+            let (key, mut sender, since) = {
+                let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let key = Arc::clone(idle.get_key_value(key)?.0);
+                let (sender, since) = idle.get_mut(&*key)?.pop()?;
+                (key, sender, since)
+            };
+            if since.elapsed() >= self.inner.idle_timeout || sender.is_closed() {
+                continue;
+            }
+            // Given back when its last body frame went by, it may not have
+            // told its task it is free yet; that takes a moment, or it closed.
+            if sender.ready().await.is_ok() {
+                return Some((key, sender));
+            }
+        }
+    }
+
+    async fn connect(&self, uri: &Uri) -> Result<Sender, PoolError> {
+        let host = uri.host().unwrap_or_default();
+        // `[::1]` in a URI, `::1` to the resolver.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(80);
+        let stream = match tokio::time::timeout(
+            self.inner.connect_timeout,
+            TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Err(_) => return Err(PoolError::Connect("connect timed out".into())),
+            Ok(Err(e)) => return Err(PoolError::Connect(e.into())),
+            Ok(Ok(s)) => s,
+        };
+        // Heads and small bodies go out at once, not after Nagle's wait.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(PoolError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl Inner {
+    fn give_back(&self, key: Arc<str>, sender: Sender) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.len() < self.max_idle {
+            list.push((sender, Instant::now()));
+        }
+    }
+}
+
+async fn reap(pool: Weak<Inner>) {
+    let every = {
+        let Some(p) = pool.upgrade() else { return };
+        (p.idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(p) = pool.upgrade() else { return };
+        let mut idle = p.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for list in idle.values_mut() {
+            list.retain(|(s, since)| since.elapsed() < p.idle_timeout && !s.is_closed());
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+}
+
+/// A pooled connection out with one response; back to the pool when its body
+/// has ended, dropped (and so closed) if the body was abandoned or failed.
+struct Lease {
+    pool: Weak<Inner>,
+    key: Arc<str>,
+    sender: Sender,
+}
+
+impl Lease {
+    fn give_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give_back(self.key, self.sender);
+        }
+    }
+}
+
+/// An upstream response body that gives its connection back when it ends.
+pub struct PooledBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl PooledBody {
+    /// A body whose connection belongs to someone else (hyper-util's pool).
+    pub fn unpooled(inner: Incoming) -> PooledBody {
+        PooledBody { inner, lease: None }
+    }
+
+    fn new(inner: Incoming, lease: Option<Lease>) -> PooledBody {
+        let mut body = PooledBody { inner, lease };
+        body.release_if_ended();
+        body
+    }
+
+    /// A reader may stop at `is_end_stream()` without polling for the end
+    /// (hyper does with a known length), so that counts as ended too.
+    fn release_if_ended(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.give_back();
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(lease) = this.lease.take() {
+                    lease.give_back();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.lease = None,
+            Poll::Ready(Some(Ok(_))) => this.release_if_ended(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        self.release_if_ended();
+    }
+}
