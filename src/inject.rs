@@ -159,7 +159,7 @@ pub fn check_request(
     }
     // Browsers send Sec-Fetch-Dest on every request; without it (old browsers,
     // curl) the request is taken as a page load.
-    if let Some(dest) = header_str(headers, "sec-fetch-dest") {
+    if let Some(dest) = header_str(headers, &SEC_FETCH_DEST) {
         let dest = dest.trim();
         let framed = dest.eq_ignore_ascii_case("iframe") || dest.eq_ignore_ascii_case("frame");
         if framed && !cfg.iframes {
@@ -169,12 +169,12 @@ pub fn check_request(
             return Err(Skip::NotPageLoad);
         }
     }
-    if let Some(v) = header_str(headers, "hx-request")
+    if let Some(v) = header_str(headers, &HX_REQUEST)
         && !v.trim().eq_ignore_ascii_case("false")
     {
         return Err(Skip::Htmx);
     }
-    if header_str(headers, "x-requested-with")
+    if header_str(headers, &X_REQUESTED_WITH)
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("xmlhttprequest"))
     {
         return Err(Skip::Xhr);
@@ -189,7 +189,7 @@ pub fn check_request(
 /// token with parameters), the legacy `Purpose: prefetch`, and Firefox's
 /// `X-Moz: prefetch`.
 fn is_prefetch(headers: &HeaderMap) -> bool {
-    ["sec-purpose", "purpose", "x-moz"].into_iter().any(|name| {
+    [&SEC_PURPOSE, &PURPOSE, &X_MOZ].into_iter().any(|name| {
         headers
             .get_all(name)
             .iter()
@@ -252,7 +252,7 @@ pub fn check_response(
     if has_directive(headers, &CACHE_CONTROL, "no-transform") {
         return Err(Skip::NoTransform);
     }
-    if header_str(headers, CONTENT_DISPOSITION.as_str())
+    if header_str(headers, &CONTENT_DISPOSITION)
         .and_then(|v| v.split(';').next())
         .is_some_and(|d| d.trim().eq_ignore_ascii_case("attachment"))
     {
@@ -352,7 +352,16 @@ pub fn set_output_coding(headers: &mut HeaderMap, coding: Coding) {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Request headers that decide eligibility, as names: a `&str` name is
+/// parsed on every lookup.
+const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
+const HX_REQUEST: HeaderName = HeaderName::from_static("hx-request");
+const X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
+const SEC_PURPOSE: HeaderName = HeaderName::from_static("sec-purpose");
+const PURPOSE: HeaderName = HeaderName::from_static("purpose");
+const X_MOZ: HeaderName = HeaderName::from_static("x-moz");
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

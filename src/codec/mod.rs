@@ -186,12 +186,17 @@ fn parse_q(s: &str) -> Option<Q> {
     }
 }
 
-fn format_q(q: Q) -> String {
+/// `;q=0.xyz` without trailing zeros, or nothing for q=1, appended to `out`.
+fn push_q(out: &mut String, q: Q) {
     if q >= 1000 {
-        return String::new();
+        return;
     }
-    let digits = format!("{q:03}");
-    format!(";q=0.{}", digits.trim_end_matches('0'))
+    out.push_str(";q=0.");
+    let digits = [q / 100, q / 10 % 10, q % 10];
+    let used = digits.iter().rposition(|&d| d != 0).map_or(1, |i| i + 1);
+    for d in &digits[..used] {
+        out.push(char::from(b'0' + *d as u8));
+    }
 }
 
 /// Restrict the client's `Accept-Encoding` to codings the proxy can decode,
@@ -200,19 +205,21 @@ fn format_q(q: Q) -> String {
 /// an explicit `identity`, so the upstream cannot pick a coding on its own.
 pub fn limit_accept_encoding(headers: &mut HeaderMap) {
     let accept = Accept::parse(headers.get_all(ACCEPT_ENCODING));
-    let list: Vec<String> = [Coding::Gzip, Coding::Deflate, Coding::Br, Coding::Zstd]
-        .into_iter()
-        .filter_map(|c| {
-            let q = accept.q(c);
-            let name = c.as_header()?;
-            (q > 0).then(|| format!("{name}{}", format_q(q)))
-        })
-        .collect();
-    let value = if list.is_empty() {
-        "identity".to_string()
-    } else {
-        list.join(", ")
-    };
+    let mut value = String::with_capacity(64);
+    for c in [Coding::Gzip, Coding::Deflate, Coding::Br, Coding::Zstd] {
+        let q = accept.q(c);
+        let Some(name) = c.as_header() else { continue };
+        if q > 0 {
+            if !value.is_empty() {
+                value.push_str(", ");
+            }
+            value.push_str(name);
+            push_q(&mut value, q);
+        }
+    }
+    if value.is_empty() {
+        value.push_str("identity");
+    }
     // Built only from the fixed tokens and digits above, so always a valid value.
     let value = HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("identity"));
     headers.insert(ACCEPT_ENCODING, value);
@@ -313,10 +320,21 @@ mod tests {
         for bad in ["", "2", "1.5", "0.1234", "-0", "0.x", "abc"] {
             assert_eq!(parse_q(bad), None, "{bad}");
         }
-        assert_eq!(format_q(1000), "");
-        assert_eq!(format_q(500), ";q=0.5");
-        assert_eq!(format_q(125), ";q=0.125");
-        assert_eq!(format_q(10), ";q=0.01");
+        let q = |q| {
+            let mut s = String::new();
+            push_q(&mut s, q);
+            s
+        };
+        assert_eq!(q(1000), "");
+        assert_eq!(q(500), ";q=0.5");
+        assert_eq!(q(125), ";q=0.125");
+        assert_eq!(q(10), ";q=0.01");
+        assert_eq!(q(1), ";q=0.001");
+        assert_eq!(q(120), ";q=0.12");
+        // Every q-value the proxy writes reads back as itself.
+        for v in 1..1000 {
+            assert_eq!(parse_q(&q(v)[3..]), Some(v), "{v}");
+        }
     }
 
     fn limited(accept: Option<&'static str>) -> String {
