@@ -88,7 +88,7 @@ impl Pool {
             .ok_or_else(|| PoolError::Connect("upstream URI has no authority".into()))?
             .as_str();
         loop {
-            let (key, mut sender, reused) = match self.checkout(key).await {
+            let (key, mut sender, reused) = match self.checkout(key) {
                 Some((key, sender)) => (key, sender, true),
                 None => (Arc::from(key), self.connect(&uri).await?, false),
             };
@@ -112,23 +112,19 @@ impl Pool {
     }
 
     /// The most recently used idle connection to `key` that is still open.
-    async fn checkout(&self, key: &str) -> Option<(Arc<str>, Sender)> {
-        loop {
-            let (key, mut sender, since) = {
-                let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let key = Arc::clone(idle.get_key_value(key)?.0);
-                let (sender, since) = idle.get_mut(&*key)?.pop()?;
-                (key, sender, since)
-            };
-            if since.elapsed() >= self.inner.idle_timeout || sender.is_closed() {
-                continue;
-            }
-            // Given back when its last body frame went by, it may not have
-            // told its task it is free yet; that takes a moment, or it closed.
-            if sender.ready().await.is_ok() {
+    /// Only free connections are in the list (see [`Lease::give_back`]), so
+    /// this never waits: a wait here could queue one client's request behind
+    /// another's slow upload.
+    fn checkout(&self, key: &str) -> Option<(Arc<str>, Sender)> {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let key = Arc::clone(idle.get_key_value(key)?.0);
+        let list = idle.get_mut(&*key)?;
+        while let Some((sender, since)) = list.pop() {
+            if since.elapsed() < self.inner.idle_timeout && sender.is_ready() {
                 return Some((key, sender));
             }
         }
+        None
     }
 
     async fn connect(&self, uri: &Uri) -> Result<Sender, PoolError> {
@@ -162,10 +158,7 @@ impl Pool {
 }
 
 impl Inner {
-    fn give_back(&self, key: Arc<str>, sender: Sender) {
-        if sender.is_closed() || self.max_idle == 0 {
-            return;
-        }
+    fn put(&self, key: Arc<str>, sender: Sender) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(key).or_default();
         if list.len() < self.max_idle {
@@ -199,9 +192,35 @@ struct Lease {
 }
 
 impl Lease {
+    /// Back to the pool once the connection is free for the next request.
+    /// Its task has usually seen the end of the response before the body's
+    /// reader has, so it is free now; otherwise (the request body still
+    /// going out, say) a small task waits for it, as hyper-util's pool does.
     fn give_back(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.give_back(self.key, self.sender);
+        let Lease {
+            pool,
+            key,
+            mut sender,
+        } = self;
+        let Some(p) = pool.upgrade() else { return };
+        if sender.is_closed() || p.max_idle == 0 {
+            return;
+        }
+        if sender.is_ready() {
+            p.put(key, sender);
+            return;
+        }
+        // The waiting task holds the pool weakly: it must not outlive it.
+        drop(p);
+        // Dropped outside the runtime (at shutdown): the connection just closes.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if sender.ready().await.is_ok()
+                    && let Some(p) = pool.upgrade()
+                {
+                    p.put(key, sender);
+                }
+            });
         }
     }
 }

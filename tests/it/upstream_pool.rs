@@ -209,3 +209,34 @@ async fn no_idle_connections_are_kept_when_the_pool_holds_none() {
         raw.closed_by_proxy()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_sending_a_request_body_is_not_lent_to_the_next_request() {
+    // The origin answers as soon as a head is in, while client A's upload
+    // stalls: A's response ends, but its connection is busy until the upload
+    // does. Client B must get a connection of its own, not wait behind A.
+    let raw = RawOrigin::start(false).await;
+    let proxy = proxy_to(&raw, "upstream.response_timeout = \"3s\"").await;
+    let mut a = client::connect_from(proxy.addr, None)
+        .await
+        .expect("connect");
+    a.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {SITE}\r\nContent-Length: 1000\r\n\r\nfirst bytes")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let head = client::read_head(&mut a, Duration::from_secs(10))
+        .await
+        .expect("A's response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 2];
+    a.read_exact(&mut body).await.expect("A's body");
+    assert_eq!(&body, b"ok");
+
+    let b = client::http1(proxy.addr);
+    let got = fetch_get(&b, SITE, "/").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert_eq!(raw.accepted(), 2);
+    drop(a);
+}
