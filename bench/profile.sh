@@ -112,6 +112,7 @@ cat >"$TMP/proxy.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$P_PROXY"]
 grace_period = "1s"
+worker_threads = 1
 [admin]
 listen = ""
 [log]
@@ -123,7 +124,7 @@ EOF
 
 # start_proxy [wrapper...]: the proxy on core 1 with one worker, as in run.sh.
 start_proxy() {
-    env TOKIO_WORKER_THREADS=1 taskset -c 1 "$@" "$BIN" run --config "$TMP/proxy.toml" >"$TMP/proxy.log" 2>&1 &
+    taskset -c 1 "$@" "$BIN" run --config "$TMP/proxy.toml" >"$TMP/proxy.log" 2>&1 &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
     wait_port "$P_PROXY" 120 || die "chathub-proxy did not start: $(tail -5 "$TMP/proxy.log")"

@@ -285,6 +285,8 @@ max_connections = 20000
 header_read_timeout = "60s"
 idle_timeout = "120s"
 grace_period = "2s"
+# One worker: a current-thread runtime (main.rs), everything on core 1's one thread.
+worker_threads = 1
 
 [admin]
 listen = ""
@@ -306,9 +308,9 @@ hosts = ["pause.bench", "stream.bench"]
 upstream = "http://127.0.0.1:$P_PY"
 inject = true
 EOF
-# Tokio honours TOKIO_WORKER_THREADS when the runtime builder sets no count
-# (main.rs does not); taskset pins every thread to core 1 either way.
-start_bg proxy env TOKIO_WORKER_THREADS=1 taskset -c 1 "$BIN" run --config "$TMP/proxy.toml"
+# `server.worker_threads = 1` above; taskset pins every thread (the blocking
+# pool's too) to core 1.
+start_bg proxy taskset -c 1 "$BIN" run --config "$TMP/proxy.toml"
 PROXY_PID=$LAST_PID
 wait_port "$P_PROXY" 20 "$PROXY_PID" || die "chathub-proxy did not start: $(tail -5 "$TMP/logs/proxy.log")"
 PROXY_THREADS_START=$(status_kb "$PROXY_PID" Threads)
@@ -342,6 +344,7 @@ cat >"$TMP/proxy-emu.toml" <<EOF
 listen = ["127.0.0.1:$P_PROXY_EMU"]
 max_connections = 20000
 grace_period = "2s"
+worker_threads = 1
 
 [admin]
 listen = ""
@@ -375,7 +378,7 @@ EMU_PID=$LAST_PID
 if ! wait_port "$P_EMU" 5 "$EMU_PID"; then
     EMU_STATUS="the emulator did not start ($(grep -m1 -i error "$TMP/logs/emulator.log" || tail -1 "$TMP/logs/emulator.log"))"
 else
-    start_bg proxy-emu env BENCH_CHATHUB_PASSWORD=bench-password TOKIO_WORKER_THREADS=1 taskset -c 1 "$BIN" run --config "$TMP/proxy-emu.toml"
+    start_bg proxy-emu env BENCH_CHATHUB_PASSWORD=bench-password taskset -c 1 "$BIN" run --config "$TMP/proxy-emu.toml"
     PROXY_EMU_PID=$LAST_PID
     if ! wait_port "$P_PROXY_EMU" 10 "$PROXY_EMU_PID"; then
         EMU_STATUS="chathub-proxy with an emulator account did not start ($(grep -m1 -iE 'error|routes|accounts' "$TMP/logs/proxy-emu.log" || tail -1 "$TMP/logs/proxy-emu.log"))"
@@ -505,7 +508,7 @@ PROXY_THREADS=$(status_kb "$PROXY_PID" Threads)
 # Tokio names its workers and its blocking pool (DNS lookups, files) alike, so
 # the count right after start, before any blocking work, is the telling one:
 # the main thread plus the workers.
-PINNING="TOKIO_WORKER_THREADS=1 and taskset -c 1; threads right after start: $PROXY_THREADS_START (main + workers), after the load: $PROXY_THREADS (with the blocking pool)"
+PINNING="server.worker_threads = 1 (a current-thread runtime) and taskset -c 1; threads right after start: $PROXY_THREADS_START, after the load: $PROXY_THREADS (with the blocking pool)"
 
 # ---------------------------------------------------------------- streaming
 log "first body byte through an origin that pauses 2 s mid-page (x$TTFB_REPEAT)"

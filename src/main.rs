@@ -75,10 +75,19 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = preloaded.as_ref().and_then(|c| c.server.worker_threads) {
-        builder.worker_threads(n);
-    }
+    // One worker means a current-thread runtime: everything on the main
+    // thread, with no hand-off between it (in `block_on`) and a worker thread;
+    // 2–4 % less CPU per request in the load benchmark (bench/README.md).
+    let mut builder = match preloaded.as_ref().and_then(|c| c.server.worker_threads) {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = n {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

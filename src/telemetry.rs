@@ -10,7 +10,11 @@ pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed, a full pipe) is
+        // lost; by default tracing-subscriber reports it with `eprintln!`,
+        // which panics on that same stderr and took the request down with it.
+        .log_internal_errors(false);
     let _ = match cfg.format {
         LogFormat::Json => builder
             .json()

@@ -118,7 +118,7 @@ pub struct RawServer {
     pub grace_period: Str,
     pub trusted_proxies: OneOrMany,
     pub h2_max_concurrent_streams: u64,
-    /// Runtime worker threads; 0 means one per core.
+    /// Runtime worker threads; 0 means one per core, 1 a current-thread runtime.
     pub worker_threads: u64,
 }
 

@@ -2,9 +2,15 @@
 //! its key, environment overrides, and `chathub-proxy check-config` (run as the
 //! built binary, because the environment is process-global).
 
+use crate::support::client::{self, fetch_get};
+use crate::support::origin::Origin;
 use chathub_proxy::config::{self, ConfigIssue};
+use http::StatusCode;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// A config with a mistake in nearly every section.
 const MANY_MISTAKES: &str = r#"
@@ -495,4 +501,94 @@ async fn the_token_command_mints_through_the_configured_route() {
         "{}",
         run.all()
     );
+}
+
+/// Start the binary on `toml` (JSON logs, its listener on port 0) and return
+/// it with the address it bound, read from its "proxy listening" log line.
+/// With `keep_stderr` a thread drains the rest of its log; without, the pipe
+/// is closed once the address is known, so every later log write fails.
+async fn spawn_proxy(name: &str, toml: &str, keep_stderr: bool) -> (Child, SocketAddr) {
+    let dir = scratch(name);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chathub-proxy"))
+        .args(["run", "--config", path.to_str().expect("utf-8 path")])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chathub-proxy");
+    let stderr = child.stderr.take().expect("stderr");
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+        let addr = lines
+            .by_ref()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .find(|l| l["message"] == "proxy listening")
+            .and_then(|l| l["addr"].as_str()?.parse::<SocketAddr>().ok());
+        if keep_stderr {
+            std::thread::spawn(move || lines.for_each(drop));
+        }
+        addr
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(30), addr)
+        .await
+        .expect("no listening line within 30 s")
+        .expect("reader")
+        .expect("an address in the listening line");
+    (child, addr)
+}
+
+fn one_route_config(origin: &Origin, workers: usize) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+worker_threads = {workers}
+[admin]
+listen = ""
+[log]
+format = "json"
+filter = "info"
+[[routes]]
+name = "site"
+hosts = ["one.test"]
+upstream = "{}"
+inject = false
+"#,
+        origin.url()
+    )
+}
+
+/// `server.worker_threads = 1` runs the proxy on a current-thread runtime
+/// (everything on the main thread): the binary serves a page that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_on_a_current_thread_runtime() {
+    let origin = Origin::builder().fixed("/", 200, "served").start().await;
+    let (mut child, addr) = spawn_proxy("one-worker", &one_route_config(&origin, 1), true).await;
+    let got = fetch_get(&client::http1(addr), "one.test", "/").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.text(), "served");
+}
+
+/// Regression: with stderr closed, every request's connection was dropped
+/// unanswered: the access-log line failed to write, and tracing-subscriber
+/// reported that with `eprintln!`, which panicked on the same stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_does_not_break_requests() {
+    let origin = Origin::builder().fixed("/", 200, "served").start().await;
+    let (mut child, addr) =
+        spawn_proxy("closed-stderr", &one_route_config(&origin, 0), false).await;
+    let c = client::http1(addr);
+    let first = fetch_get(&c, "one.test", "/").await;
+    let second = fetch_get(&c, "one.test", "/").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        (first.status, first.text().as_str()),
+        (StatusCode::OK, "served")
+    );
+    assert_eq!(second.status, StatusCode::OK);
 }
