@@ -17,10 +17,20 @@ use tokio::net::TcpListener;
 
 const SITE: &str = "pool.test";
 
+/// How a [`RawOrigin`] treats a connection after each answer.
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    /// Keeps it open for the next request.
+    KeepAlive,
+    /// Closes it without saying so, as an upstream does when its keep-alive
+    /// timeout passes between two requests.
+    CloseSilently,
+    /// Answers with `Connection: close` and closes it, as many old backends do.
+    CloseSaid,
+}
+
 /// A bare HTTP/1.1 origin answering every request head with `ok`. It counts
-/// the connections it accepted and those the proxy closed; with `close_after`
-/// it closes each connection right after its answer without saying so, as an
-/// upstream does when its keep-alive timeout passes between two requests.
+/// the connections it accepted and those the proxy closed.
 struct RawOrigin {
     url: String,
     accepted: Arc<AtomicUsize>,
@@ -28,7 +38,7 @@ struct RawOrigin {
 }
 
 impl RawOrigin {
-    async fn start(close_after: bool) -> RawOrigin {
+    async fn start(after: After) -> RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -51,12 +61,21 @@ impl RawOrigin {
                         }
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
-                            if tcp.write_all(answer).await.is_err() {
+                            let close: &[u8] = match after {
+                                After::CloseSaid => b"connection: close\r\n",
+                                _ => b"",
+                            };
+                            let answer = [
+                                &b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"[..],
+                                close,
+                                b"content-length: 2\r\n\r\nok",
+                            ]
+                            .concat();
+                            if tcp.write_all(&answer).await.is_err() {
                                 return;
                             }
-                            if close_after {
-                                return; // dropped: closed without a word
+                            if after != After::KeepAlive {
+                                return; // dropped: closed
                             }
                         }
                     }
@@ -166,7 +185,7 @@ async fn an_abandoned_body_takes_its_connection_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_upstream_closed_while_idle_is_replaced_without_an_error() {
-    let raw = RawOrigin::start(true).await;
+    let raw = RawOrigin::start(After::CloseSilently).await;
     let proxy = proxy_to(&raw, "").await;
     let c = client::http1(proxy.addr);
     for i in 0..8 {
@@ -180,8 +199,23 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced_without_an_erro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_says_connection_close_gets_a_new_connection_each_time() {
+    let raw = RawOrigin::start(After::CloseSaid).await;
+    let proxy = proxy_to(&raw, "").await;
+    let c = client::http1(proxy.addr);
+    // Back to back, with no time for the close to arrive first: the proxy
+    // must not lend out a connection the upstream said it would close.
+    for i in 0..10 {
+        let got = fetch_get(&c, SITE, "/").await;
+        assert_eq!(got.status, StatusCode::OK, "request {i}: {}", got.text());
+        assert_eq!(got.text(), "ok");
+    }
+    assert_eq!(raw.accepted(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_after_the_pool_idle_timeout() {
-    let raw = RawOrigin::start(false).await;
+    let raw = RawOrigin::start(After::KeepAlive).await;
     let proxy = proxy_to(&raw, "upstream.pool_idle_timeout = \"300ms\"").await;
     let c = client::http1(proxy.addr);
     assert_eq!(fetch_get(&c, SITE, "/").await.text(), "ok");
@@ -196,7 +230,7 @@ async fn idle_connections_are_closed_after_the_pool_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_idle_connections_are_kept_when_the_pool_holds_none() {
-    let raw = RawOrigin::start(false).await;
+    let raw = RawOrigin::start(After::KeepAlive).await;
     let proxy = proxy_to(&raw, "upstream.pool_max_idle_per_host = 0").await;
     let c = client::http1(proxy.addr);
     for _ in 0..3 {
@@ -215,7 +249,7 @@ async fn a_connection_still_sending_a_request_body_is_not_lent_to_the_next_reque
     // The origin answers as soon as a head is in, while client A's upload
     // stalls: A's response ends, but its connection is busy until the upload
     // does. Client B must get a connection of its own, not wait behind A.
-    let raw = RawOrigin::start(false).await;
+    let raw = RawOrigin::start(After::KeepAlive).await;
     let proxy = proxy_to(&raw, "upstream.response_timeout = \"3s\"").await;
     let mut a = client::connect_from(proxy.addr, None)
         .await
