@@ -50,6 +50,15 @@ fn present(headers: &HeaderMap, list: &[HeaderName]) -> u32 {
     found
 }
 
+/// Remove the names of `list` whose bits `found` (from [`present`]) has set.
+fn remove_found(headers: &mut HeaderMap, list: &[HeaderName], found: u32) {
+    for (i, n) in list.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(n);
+        }
+    }
+}
+
 /// Remove hop-by-hop headers, first those named in `Connection` (so a client
 /// cannot use `Connection: X-Forwarded-For` to delete what we add later: we add
 /// after stripping).
@@ -61,11 +70,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if found & 1 != 0 {
         remove_connection_options(headers);
     }
-    for (i, n) in HOP_BY_HOP.iter().enumerate() {
-        if found & (1 << i) != 0 {
-            headers.remove(n);
-        }
-    }
+    remove_found(headers, &HOP_BY_HOP, found);
 }
 
 /// Remove every header a `Connection` field names. `close` and `keep-alive`
@@ -108,11 +113,7 @@ pub fn set_forwarded(
     } else {
         Prior::default()
     };
-    for (i, n) in FORWARDED_NAMES.iter().enumerate() {
-        if found & (1 << i) != 0 {
-            headers.remove(n);
-        }
-    }
+    remove_found(headers, &FORWARDED_NAMES, found);
 
     let client_proto = match prior.proto.as_deref() {
         Some("https") => "https",

@@ -202,14 +202,22 @@ fn check_config(name: &str, toml: &str, env: &[(&str, &str)]) -> Run {
     )
 }
 
-fn run_check(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+/// The binary with `args`, none of this process's `CHATHUB_*` variables (they
+/// would override the config under test) and no `RUST_LOG`.
+fn proxy_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chathub-proxy"));
-    cmd.args(args).current_dir(dir);
+    cmd.args(args).env_remove("RUST_LOG");
     for (k, _) in std::env::vars() {
         if k.starts_with(config::ENV_PREFIX) {
             cmd.env_remove(k);
         }
     }
+    cmd
+}
+
+fn run_check(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = proxy_command(args);
+    cmd.current_dir(dir);
     cmd.envs(env.iter().copied());
     let out = cmd.output().expect("run chathub-proxy");
     Run {
@@ -511,9 +519,7 @@ async fn spawn_proxy(name: &str, toml: &str, keep_stderr: bool) -> (Child, Socke
     let dir = scratch(name);
     let path = dir.join("config.toml");
     std::fs::write(&path, toml).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chathub-proxy"))
-        .args(["run", "--config", path.to_str().expect("utf-8 path")])
-        .env_remove("RUST_LOG")
+    let mut child = proxy_command(&["run", "--config", path.to_str().expect("utf-8 path")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
