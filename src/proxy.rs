@@ -4,7 +4,7 @@
 //! synthetic response; [`handle_inner`] reads top to bottom.
 
 use crate::body::{self, Body, BoxError};
-use crate::codec;
+use crate::codec::{self, Coding};
 use crate::config::{Config, Route};
 use crate::conn::InFlight;
 use crate::csp::{self, CspPlan, CspSettings, PageCsp};
@@ -307,28 +307,32 @@ async fn handle_inner(
     };
 
     let rbody = body::boxed(rbody);
-    let decoded = if is_head {
-        body::empty()
+    let out = codec::choose_output_for(&client_accept, info.coding);
+    let limits = codec::DecodeLimits::from_config(&cfg.inject);
+    // gzip in and gzip out: the upstream's compressed bits are kept up to the
+    // insertion point (codec::splice) instead of decoding and encoding again.
+    let checked = if is_head {
+        Ok(Decoded::Plain(body::empty()))
+    } else if info.coding == Coding::Gzip && out == Coding::Gzip {
+        Box::pin(codec::splice::check(rbody, limits))
+            .await
+            .map(|c| Decoded::Spliced(Box::new(c)))
     } else {
-        match Box::pin(codec::decode_checked(
-            rbody,
-            info.coding,
-            codec::DecodeLimits::from_config(&cfg.inject),
-        ))
-        .await
-        {
-            Ok(b) => b,
-            Err(refused) => {
-                // A bomb or a corrupt body caught before the head went out: the
-                // page goes out exactly as received.
-                let skip = Skip::from(refused.why);
-                state.metrics.skipped(skip.reason());
-                mark(&mut rparts.headers, cfg, Err(skip));
-                return Ok(Response::from_parts(rparts, refused.body));
-            }
+        Box::pin(codec::decode_checked(rbody, info.coding, limits))
+            .await
+            .map(Decoded::Plain)
+    };
+    let decoded = match checked {
+        Ok(d) => d,
+        Err(refused) => {
+            // A bomb or a corrupt body caught before the head went out: the
+            // page goes out exactly as received.
+            let skip = Skip::from(refused.why);
+            state.metrics.skipped(skip.reason());
+            mark(&mut rparts.headers, cfg, Err(skip));
+            return Ok(Response::from_parts(rparts, refused.body));
         }
     };
-    let out = codec::choose_output_for(&client_accept, info.coding);
     inject::rewrite_response_headers(&mut rparts.headers);
     inject::set_output_coding(&mut rparts.headers, out);
     let mut page_csp = None;
@@ -369,11 +373,26 @@ async fn handle_inner(
         encoding: info.encoding,
         max_memory: cfg.inject.max_rewriter_memory,
     };
-    let rewritten = match page_csp {
-        Some(page) => rewrite::rewrite_with_csp(decoded, plan, page, state.metrics.clone()),
-        None => rewrite::rewrite(decoded, plan, state.metrics.clone()),
+    let metrics = state.metrics.clone();
+    let body = match decoded {
+        Decoded::Spliced(checked) => checked.into_body(rewrite::driven(plan, page_csp, metrics)),
+        Decoded::Plain(decoded) => {
+            let rewritten = match page_csp {
+                Some(page) => rewrite::rewrite_with_csp(decoded, plan, page, metrics),
+                None => rewrite::rewrite(decoded, plan, metrics),
+            };
+            codec::encode(rewritten, out)
+        }
     };
-    Ok(Response::from_parts(rparts, codec::encode(rewritten, out)))
+    Ok(Response::from_parts(rparts, body))
+}
+
+/// An eligible page's body once its first bytes were checked.
+enum Decoded {
+    /// Decoded (or identity): rewritten, then encoded for the client.
+    Plain(Body),
+    /// gzip to a gzip client: rewritten and spliced into the upstream's stream.
+    Spliced(Box<codec::splice::Checked>),
 }
 
 /// What goes into an eligible page.

@@ -65,7 +65,7 @@ impl DecodeLimits {
         }
     }
 
-    fn check(&self, decoded: u64, compressed: u64) -> Result<(), DecodeError> {
+    pub(super) fn check(&self, decoded: u64, compressed: u64) -> Result<(), DecodeError> {
         if decoded > self.max_bytes {
             return Err(DecodeError::TooLarge {
                 limit: self.max_bytes,
@@ -553,14 +553,14 @@ impl HttpBody for Decoded {
 
 /// Chunks already read from a body put back in front of it, optionally
 /// followed by an error that was read with them (and then nothing else).
-struct Replay {
+pub(super) struct Replay {
     head: VecDeque<Bytes>,
     error: Option<BoxError>,
     rest: Body,
 }
 
 impl Replay {
-    fn new(head: VecDeque<Bytes>, error: Option<BoxError>, rest: Body) -> Self {
+    pub(super) fn new(head: VecDeque<Bytes>, error: Option<BoxError>, rest: Body) -> Self {
         Replay { head, error, rest }
     }
 }

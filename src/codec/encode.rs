@@ -48,11 +48,13 @@ pub fn encode(body: Body, coding: Coding) -> Body {
     }
 }
 
-/// The two framings of a deflate stream the proxy sends.
+/// The framings of a deflate stream the proxy sends.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Wrap {
     Gzip,
     Zlib,
+    /// No framing: the re-encoded tail of a spliced gzip page.
+    Raw,
 }
 
 /// Finished deflate streams kept for the next response, per framing. Setting
@@ -67,11 +69,15 @@ enum Wrap {
 /// middle of a block (a client gone, an upstream error) would start its next
 /// response without a block header: a corrupt page, which CI caught when a
 /// test abandoned a stream that way while another reused it.
-static POOL: [Mutex<Vec<Compress>>; 2] = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
+static POOL: [Mutex<Vec<Compress>>; 3] = [
+    Mutex::new(Vec::new()),
+    Mutex::new(Vec::new()),
+    Mutex::new(Vec::new()),
+];
 const POOL_MAX: usize = 4;
 
 fn pool(wrap: Wrap) -> &'static Mutex<Vec<Compress>> {
-    &POOL[usize::from(wrap == Wrap::Zlib)]
+    &POOL[wrap as usize]
 }
 
 fn take_stream(wrap: Wrap) -> Compress {
@@ -79,6 +85,7 @@ fn take_stream(wrap: Wrap) -> Compress {
     kept.unwrap_or_else(|| match wrap {
         Wrap::Gzip => Compress::new_gzip(Compression::fast(), 15),
         Wrap::Zlib => Compress::new(Compression::fast(), true),
+        Wrap::Raw => Compress::new(Compression::fast(), false),
     })
 }
 
@@ -219,6 +226,82 @@ impl HttpBody for Deflating {
 
     fn is_end_stream(&self) -> bool {
         self.z.is_none() && self.out.is_empty()
+    }
+}
+
+/// Raw deflate at level 1 into a caller's buffer, for the re-encoded tail of
+/// a spliced gzip page (`super::splice`), with a pooled stream.
+pub(super) struct RawDeflate {
+    z: Option<Compress>,
+}
+
+impl RawDeflate {
+    pub(super) fn new() -> Self {
+        RawDeflate {
+            z: Some(take_stream(Wrap::Raw)),
+        }
+    }
+
+    /// Feed `input` with `flush` until it is all taken and, for a flush or the
+    /// finish, until everything is written out.
+    fn run(&mut self, input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
+        let Some(z) = self.z.as_mut() else { return };
+        let mut taken = 0;
+        loop {
+            if out.capacity() - out.len() < 1024 {
+                out.reserve(CHUNK);
+            }
+            let before = z.total_in();
+            // Compressing into a Vec with room fails only on misuse of the
+            // stream, which this type rules out; drop the stream if it does.
+            let Ok(status) = z.compress_vec(&input[taken..], out, flush) else {
+                self.z = None;
+                return;
+            };
+            taken += (z.total_in() - before) as usize;
+            let room_left = out.len() < out.capacity();
+            match status {
+                Status::StreamEnd => return,
+                _ if taken == input.len() && (flush == FlushCompress::None || room_left) => return,
+                Status::Ok | Status::BufError => {}
+            }
+        }
+    }
+
+    pub(super) fn write(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if !input.is_empty() {
+            self.run(input, FlushCompress::None, out);
+        }
+    }
+
+    /// Everything so far out, the stream still open (a sync flush).
+    pub(super) fn flush(&mut self, out: &mut Vec<u8>) {
+        self.run(&[], FlushCompress::Sync, out);
+    }
+
+    /// The final block; the stream goes back to the pool.
+    pub(super) fn finish(mut self, out: &mut Vec<u8>) {
+        self.run(&[], FlushCompress::Finish, out);
+        if let Some(z) = self.z.take() {
+            give_back(Wrap::Raw, z);
+        }
+    }
+}
+
+/// `data` as stored deflate blocks at a byte boundary (at most 65,535 bytes
+/// each); the last one has BFINAL set if `last`.
+pub(super) fn stored_block(data: &[u8], last: bool, out: &mut Vec<u8>) {
+    let mut pieces = data.chunks(usize::from(u16::MAX)).peekable();
+    if pieces.peek().is_none() {
+        out.extend_from_slice(&[u8::from(last), 0, 0, 0xff, 0xff]);
+        return;
+    }
+    while let Some(piece) = pieces.next() {
+        let len = piece.len() as u16;
+        out.push(u8::from(last && pieces.peek().is_none()));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(piece);
     }
 }
 

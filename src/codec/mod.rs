@@ -7,6 +7,7 @@
 
 mod decode;
 mod encode;
+pub mod splice;
 #[cfg(test)]
 mod testing;
 

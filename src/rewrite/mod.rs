@@ -52,6 +52,36 @@ pub fn rewrite(body: Body, plan: RewritePlan, metrics: SharedMetrics) -> Body {
     RewriteBody::new(body, plan, metrics).boxed_unsync()
 }
 
+/// The rewriter without a body around it, driven by the gzip splicer
+/// ([`crate::codec::splice`]), which decodes the page itself. `csp` as for
+/// [`rewrite_with_csp`].
+pub fn driven(
+    plan: RewritePlan,
+    csp: Option<Arc<crate::csp::PageCsp>>,
+    metrics: SharedMetrics,
+) -> Driven {
+    let mut rb = RewriteBody::new(crate::body::empty(), plan, metrics);
+    rb.csp = csp;
+    Driven(rb)
+}
+
+/// See [`driven`].
+pub struct Driven(RewriteBody);
+
+impl crate::codec::splice::Rewrite for Driven {
+    fn push(&mut self, data: Bytes) {
+        self.0.on_data(data);
+    }
+
+    fn end(&mut self) {
+        self.0.on_end();
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        self.0.queued.pop_front().and_then(|f| f.into_data().ok())
+    }
+}
+
 /// [`rewrite`] without the fast path: every page goes through lol_html. Only
 /// for the benchmark that compares the two.
 #[doc(hidden)]

@@ -1,0 +1,994 @@
+//! A streaming gzip inflater that knows where it is in the compressed bits.
+//!
+//! zlib (and zlib-rs behind flate2) decode faster than this, but say nothing
+//! about where a deflate block or a symbol starts. Splicing needs exactly that:
+//! the bit position of the last symbol boundary before an uncompressed offset,
+//! the block it is in (final or not, its end-of-block code), and the input
+//! bits kept until the caller has copied them out. So this decoder keeps the
+//! compressed input from the oldest position the caller may still cut at,
+//! records a [`Checkpoint`] at every block start and at the start of every
+//! [`Inflater::run`], and re-decodes from a checkpoint (without output) when
+//! asked for a cut point.
+//!
+//! It decodes exactly the deflate format (RFC 1951) inside gzip members
+//! (RFC 1952), with zlib's strictness: over-subscribed or incomplete Huffman
+//! codes (but for a lone one-bit distance code), a missing end-of-block code,
+//! distances past the start of the output, bad stored lengths, reserved header
+//! flags and CRC-32 or length mismatches in the trailer are errors.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, LazyLock};
+
+/// Why the compressed data is not valid gzip.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid gzip data: {0}")]
+pub struct Corrupt(pub &'static str);
+
+/// Where [`Inflater::run`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Every input byte given so far is used (or held for a symbol it starts).
+    NeedInput,
+    /// The output limit of this call was reached.
+    OutputFull,
+    /// A gzip member ended (its trailer checked); more input would start another.
+    MemberEnd,
+}
+
+/// Bits of the primary lookup tables.
+const LIT_BITS: u32 = 10;
+const DIST_BITS: u32 = 8;
+
+/// A decoded table entry: `value` in bits 0–15, bit count in 16–23, kind in 24–31.
+const SYMBOL: u32 = 0;
+const SUBTABLE: u32 = 1 << 24;
+const INVALID: u32 = 2 << 24;
+
+/// One Huffman code as lookup tables: a primary table indexed by the next
+/// `primary` bits (bit-reversed codes, as deflate sends them LSB first) and
+/// subtables for longer codes.
+struct Table {
+    primary_bits: u32,
+    entries: Vec<u32>,
+}
+
+impl Table {
+    /// The canonical code for `lens` (RFC 1951 §3.2.2). `lone_ok` allows the
+    /// one incomplete code zlib accepts: a single code of length 1.
+    fn build(lens: &[u8], primary_bits: u32, lone_ok: bool) -> Result<Table, Corrupt> {
+        let mut count = [0u16; 16];
+        for &l in lens {
+            count[usize::from(l)] += 1;
+        }
+        count[0] = 0;
+        let max = (1..16).rev().find(|&l| count[l] != 0).unwrap_or(0);
+        let mut left: i32 = 1;
+        for &c in &count[1..] {
+            left = (left << 1) - i32::from(c);
+            if left < 0 {
+                return Err(Corrupt("over-subscribed code"));
+            }
+        }
+        if left > 0 && max != 0 && !(lone_ok && max == 1) {
+            return Err(Corrupt("incomplete code"));
+        }
+        let mut next = [0u32; 16];
+        let mut code = 0u32;
+        for len in 1..16 {
+            code = (code + u32::from(count[len - 1])) << 1;
+            next[len] = code;
+        }
+        let size = 1usize << primary_bits;
+        let mut entries = vec![INVALID; size];
+        let sub_bits = (max as u32).saturating_sub(primary_bits);
+        // Subtable start per primary index, for codes longer than the primary bits.
+        let mut sub_start: Vec<u32> = Vec::new();
+        if sub_bits > 0 {
+            sub_start = vec![0; size];
+        }
+        for (sym, &len) in lens.iter().enumerate() {
+            if len == 0 {
+                continue;
+            }
+            let len = u32::from(len);
+            let code = next[len as usize];
+            next[len as usize] += 1;
+            let rev = code.reverse_bits() >> (32 - len);
+            let entry = sym as u32 | (len << 16) | SYMBOL;
+            if len <= primary_bits {
+                let mut i = rev as usize;
+                while i < size {
+                    entries[i] = entry;
+                    i += 1 << len;
+                }
+            } else {
+                let low = (rev & ((1 << primary_bits) - 1)) as usize;
+                if sub_start[low] == 0 {
+                    sub_start[low] = entries.len() as u32;
+                    entries[low] = sub_start[low] | (sub_bits << 16) | SUBTABLE;
+                    entries.resize(entries.len() + (1 << sub_bits), INVALID);
+                }
+                let base = sub_start[low] as usize;
+                let step = 1usize << (len - primary_bits);
+                let mut i = (rev >> primary_bits) as usize;
+                while i < 1 << sub_bits {
+                    entries[base + i] = entry;
+                    i += step;
+                }
+            }
+        }
+        Ok(Table {
+            primary_bits,
+            entries,
+        })
+    }
+
+    /// The entry for the next bits: `(symbol, code length)`, or `None` for a
+    /// bit pattern that is no code.
+    #[inline(always)]
+    fn decode(&self, bits: u64) -> Option<(u32, u32)> {
+        let mask = (1u64 << self.primary_bits) - 1;
+        let mut e = self.entries[(bits & mask) as usize];
+        if e & SUBTABLE != 0 && e & INVALID == 0 {
+            let sub_bits = (e >> 16) & 0xff;
+            let i = (bits >> self.primary_bits) & ((1u64 << sub_bits) - 1);
+            e = self.entries[(e & 0xffff) as usize + i as usize];
+        }
+        (e & INVALID == 0).then_some((e & 0xffff, (e >> 16) & 0xff))
+    }
+}
+
+/// The codes of one Huffman block, and its end-of-block code for closing the
+/// block early when splicing.
+pub struct Codes {
+    lit: Table,
+    dist: Table,
+    /// The end-of-block code as it goes on the wire (LSB first), and its length.
+    pub eob: (u64, u32),
+}
+
+impl Codes {
+    fn new(lit_lens: &[u8], dist_lens: &[u8]) -> Result<Codes, Corrupt> {
+        if lit_lens.get(256).copied().unwrap_or(0) == 0 {
+            return Err(Corrupt("no end-of-block code"));
+        }
+        let lit = Table::build(lit_lens, LIT_BITS, false)?;
+        let dist = Table::build(dist_lens, DIST_BITS, true)?;
+        // Canonical code of symbol 256: recomputed rather than kept per symbol.
+        let mut count = [0u32; 16];
+        for &l in lit_lens {
+            count[usize::from(l)] += 1;
+        }
+        count[0] = 0;
+        let len = u32::from(lit_lens[256]);
+        let mut code = 0u32;
+        for l in 1..len {
+            code = (code + count[l as usize]) << 1;
+        }
+        code += lit_lens[..256]
+            .iter()
+            .filter(|&&l| u32::from(l) == len)
+            .count() as u32;
+        let code = u64::from(code.reverse_bits() >> (32 - len));
+        Ok(Codes {
+            lit,
+            dist,
+            eob: (code, len),
+        })
+    }
+}
+
+static FIXED: LazyLock<Arc<Codes>> = LazyLock::new(|| {
+    let mut lit = [8u8; 288];
+    lit[144..256].fill(9);
+    lit[256..280].fill(7);
+    // 32 codes: 30 and 31 are in the code but invalid as distances.
+    let dist = [5u8; 32];
+    // The fixed code is complete and has an end-of-block code.
+    Arc::new(Codes::new(&lit, &dist).unwrap_or_else(|e| unreachable!("fixed code: {e}")))
+});
+
+const LEN_BASE: [u16; 29] = [
+    3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131,
+    163, 195, 227, 258,
+];
+const LEN_EXTRA: [u8; 29] = [
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
+];
+const DIST_BASE: [u16; 30] = [
+    1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
+    2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577,
+];
+const DIST_EXTRA: [u8; 30] = [
+    0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13,
+    13,
+];
+/// Order of the code length code lengths (RFC 1951 §3.2.7).
+const CL_ORDER: [usize; 19] = [
+    16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
+];
+
+/// The deflate window: matches reach at most this far back.
+const WINDOW: usize = 32 * 1024;
+
+/// A block being decoded.
+#[derive(Clone)]
+pub struct Block {
+    /// Bit position of the block's 3-bit header (its first bit is BFINAL).
+    pub header_bit: u64,
+    /// Uncompressed offset where the block's data starts.
+    pub start_out: u64,
+    pub last: bool,
+    /// `None` for a stored block.
+    pub codes: Option<Arc<Codes>>,
+}
+
+/// A position the decoder was at: a symbol boundary inside `block`, or a
+/// block header when `block` is `None`.
+#[derive(Clone)]
+pub struct Checkpoint {
+    pub bit: u64,
+    pub out: u64,
+    pub block: Option<Block>,
+}
+
+/// Where to cut the stream for an uncompressed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// Bits before this position are kept as they are.
+    pub bit: u64,
+    /// Uncompressed bytes before this offset are in those bits.
+    pub out: u64,
+    /// The block the cut is inside and must be closed with this code.
+    pub eob: Option<(u64, u32)>,
+}
+
+enum State {
+    GzipHeader,
+    BlockHeader,
+    Huffman(Block),
+    Stored {
+        block: Block,
+        left: u32,
+    },
+    Trailer,
+    /// A member's trailer was checked; more input starts another member.
+    MemberEnd,
+}
+
+/// The bit cursor, in a form the decoding loop keeps in registers.
+struct Bits {
+    /// Index of the next input byte not yet in `buf`.
+    ip: usize,
+    buf: u64,
+    n: u32,
+}
+
+impl Bits {
+    #[inline(always)]
+    fn refill(&mut self, input: &[u8]) {
+        if let Some(word) = input.get(self.ip..self.ip + 8) {
+            let w = u64::from_le_bytes([
+                word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+            ]);
+            self.buf |= w << self.n;
+            let take = (63 - self.n) / 8;
+            self.ip += take as usize;
+            self.n += take * 8;
+            // Bits above `n` came from bytes not yet counted; clear them so a
+            // later byte-wise refill never ORs into stale bits.
+            self.buf &= (1u64 << self.n) - 1;
+        } else {
+            while self.n <= 56 && self.ip < input.len() {
+                self.buf |= u64::from(input[self.ip]) << self.n;
+                self.ip += 1;
+                self.n += 8;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn take(&mut self, n: u32) -> u64 {
+        let v = self.buf & ((1u64 << n) - 1);
+        self.buf >>= n;
+        self.n -= n;
+        v
+    }
+}
+
+pub struct Inflater {
+    /// Compressed input from absolute byte `base` on.
+    input: Vec<u8>,
+    base: u64,
+    /// Absolute bit position of the next bit to decode.
+    bit: u64,
+    state: State,
+    /// The last [`WINDOW`] bytes of output and what this run produced after them.
+    window: Vec<u8>,
+    /// Uncompressed bytes produced in all.
+    out_total: u64,
+    /// Output of the current member, for its trailer check.
+    member_crc: crc32fast::Hasher,
+    member_len: u64,
+    /// Where the caller may still cut; oldest first.
+    checkpoints: VecDeque<Checkpoint>,
+    /// The current member's final block, once it has started.
+    pub last_block_header: Option<u64>,
+    /// Bit position just past the last member's deflate data (before its trailer).
+    pub deflate_end: Option<u64>,
+    /// Whether checkpoints are recorded (off once the caller stops splicing).
+    tracking: bool,
+    /// `window.len()` when the current run started: output before it is
+    /// counted in `out_total`.
+    run_start: usize,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inflater {
+    pub fn new() -> Self {
+        Inflater {
+            input: Vec::new(),
+            base: 0,
+            bit: 0,
+            state: State::GzipHeader,
+            window: Vec::with_capacity(2 * WINDOW),
+            out_total: 0,
+            member_crc: crc32fast::Hasher::new(),
+            member_len: 0,
+            checkpoints: VecDeque::new(),
+            last_block_header: None,
+            deflate_end: None,
+            tracking: true,
+            run_start: 0,
+        }
+    }
+
+    /// Append compressed input.
+    pub fn push(&mut self, data: &[u8]) {
+        self.input.extend_from_slice(data);
+    }
+
+    /// Uncompressed bytes produced so far.
+    pub fn out_total(&self) -> u64 {
+        self.out_total
+    }
+
+    /// Compressed bytes received so far.
+    pub fn in_total(&self) -> u64 {
+        self.base + self.input.len() as u64
+    }
+
+    /// Compressed bytes held (received, not yet released).
+    pub fn held(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Whether the input ends cleanly here: every member complete.
+    pub fn at_member_end(&self) -> bool {
+        matches!(self.state, State::MemberEnd) && self.bit == self.in_total() * 8
+    }
+
+    /// Whether any input is buffered beyond the last complete member.
+    pub fn has_input_past_member(&self) -> bool {
+        matches!(self.state, State::MemberEnd) && self.bit < self.in_total() * 8
+    }
+
+    /// The input bytes from absolute byte `from` up to `to` (both still held).
+    pub fn input_bytes(&self, from: u64, to: u64) -> &[u8] {
+        let a = (from - self.base) as usize;
+        let b = (to - self.base) as usize;
+        &self.input[a..b]
+    }
+
+    /// Stop keeping input for cuts: from now on input is dropped once decoded.
+    pub fn stop_tracking(&mut self) {
+        self.tracking = false;
+        self.checkpoints.clear();
+        self.release(self.bit / 8);
+    }
+
+    /// Drop input before absolute byte `upto` (the caller copied it out) and
+    /// checkpoints it can no longer cut at.
+    pub fn release(&mut self, upto: u64) {
+        let upto = upto.min(self.bit / 8);
+        if upto <= self.base {
+            return;
+        }
+        let n = (upto - self.base) as usize;
+        self.input.drain(..n);
+        self.base = upto;
+        while self.checkpoints.len() > 1 && self.checkpoints[1].bit <= upto * 8 {
+            self.checkpoints.pop_front();
+        }
+        if self.checkpoints.front().is_some_and(|c| c.bit < upto * 8) {
+            self.checkpoints.pop_front();
+        }
+    }
+
+    /// The uncompressed offset of the oldest position a cut can still go to.
+    pub fn oldest_cut_out(&self) -> u64 {
+        self.checkpoints.front().map_or(self.out_total, |c| c.out)
+    }
+
+    /// Add a checkpoint at the last symbol boundary at or before `confirmed`,
+    /// so that the bits before it may be copied out (when the input pauses
+    /// inside a run the rewriter has mostly confirmed).
+    pub fn settle(&mut self, confirmed: u64) {
+        let Some(i) = self.checkpoints.iter().rposition(|c| c.out <= confirmed) else {
+            return;
+        };
+        let cp = &self.checkpoints[i];
+        let Some(block) = &cp.block else { return };
+        let Some(codes) = &block.codes else { return };
+        let (bit, out) = self.walk(codes, cp.bit, cp.out, confirmed);
+        if bit > cp.bit {
+            let settled = Checkpoint {
+                bit,
+                out,
+                block: Some(block.clone()),
+            };
+            self.checkpoints.insert(i + 1, settled);
+        }
+    }
+
+    /// The furthest bit the caller may copy out while uncompressed bytes up
+    /// to `confirmed` are known to stay as they are: the latest checkpoint at
+    /// or before `confirmed`, but never the header of the member's final block
+    /// (its BFINAL bit may have to be cleared) nor into a stored block (its
+    /// length may have to be rewritten).
+    pub fn emit_limit(&self, confirmed: u64) -> u64 {
+        let mut limit = self.base * 8;
+        for c in &self.checkpoints {
+            if c.out > confirmed {
+                break;
+            }
+            limit = match &c.block {
+                Some(b) if b.codes.is_none() => b.header_bit,
+                _ => c.bit,
+            };
+        }
+        if let Some(h) = self.last_block_header {
+            limit = limit.min(h);
+        }
+        if let State::Stored { block, .. } = &self.state {
+            limit = limit.min(block.header_bit);
+        }
+        limit.max(self.base * 8)
+    }
+
+    /// The cut for uncompressed offset `x` (at most what was produced): the
+    /// last symbol boundary at or before it, found by decoding again from the
+    /// latest checkpoint before it. Inside a stored block the cut goes back
+    /// to the block's header.
+    pub fn cut_at(&self, x: u64) -> Cut {
+        let cp = self
+            .checkpoints
+            .iter()
+            .rev()
+            .find(|c| c.out <= x)
+            .or(self.checkpoints.front());
+        let Some(cp) = cp else {
+            // Nothing to go back to: cut where the decoder is.
+            return Cut {
+                bit: self.bit,
+                out: self.out_total,
+                eob: None,
+            };
+        };
+        let Some(block) = &cp.block else {
+            return Cut {
+                bit: cp.bit,
+                out: cp.out,
+                eob: None,
+            };
+        };
+        let at_header = Cut {
+            bit: block.header_bit,
+            out: block.start_out,
+            eob: None,
+        };
+        let Some(codes) = &block.codes else {
+            return at_header;
+        };
+        let (bit, out) = self.walk(codes, cp.bit, cp.out, x);
+        if out == block.start_out {
+            return at_header;
+        }
+        Cut {
+            bit,
+            out,
+            eob: Some(codes.eob),
+        }
+    }
+
+    /// Step over symbols from `(bit, out)` while they end at or before `x`;
+    /// stops at the end-of-block code, or where the input ends.
+    fn walk(&self, codes: &Codes, bit: u64, mut out: u64, x: u64) -> (u64, u64) {
+        let input = &self.input;
+        let start = ((bit / 8) - self.base) as usize;
+        let mut b = Bits {
+            ip: start,
+            buf: 0,
+            n: 0,
+        };
+        b.refill(input);
+        let skip = (bit % 8) as u32;
+        if b.n < skip {
+            return (bit, out);
+        }
+        b.take(skip);
+        let pos = |b: &Bits| (self.base + b.ip as u64) * 8 - u64::from(b.n);
+        loop {
+            b.refill(input);
+            let here = pos(&b);
+            let Some((sym, len)) = codes.lit.decode(b.buf) else {
+                return (here, out);
+            };
+            if len > b.n {
+                return (here, out);
+            }
+            b.take(len);
+            let produced = match sym {
+                0..=255 => 1,
+                256 => return (here, out),
+                _ => {
+                    let i = (sym - 257) as usize;
+                    let (Some(&base), Some(&extra)) = (LEN_BASE.get(i), LEN_EXTRA.get(i)) else {
+                        return (here, out);
+                    };
+                    let extra = u32::from(extra);
+                    if extra > b.n {
+                        return (here, out);
+                    }
+                    let length = u64::from(base) + b.take(extra);
+                    let Some((dsym, dlen)) = codes.dist.decode(b.buf) else {
+                        return (here, out);
+                    };
+                    if dlen > b.n {
+                        return (here, out);
+                    }
+                    b.take(dlen);
+                    let dextra = u32::from(DIST_EXTRA.get(dsym as usize).copied().unwrap_or(0));
+                    if dextra > b.n {
+                        return (here, out);
+                    }
+                    b.take(dextra);
+                    length
+                }
+            };
+            if out + produced > x {
+                return (here, out);
+            }
+            out += produced;
+        }
+    }
+
+    /// Decode until the input runs out, `limit` bytes were produced, or a
+    /// member ended. The new output is appended to `sink`.
+    pub fn run(&mut self, limit: usize, sink: &mut Vec<u8>) -> Result<Status, Corrupt> {
+        if self.window.len() > WINDOW {
+            let cut = self.window.len() - WINDOW;
+            self.window.drain(..cut);
+        }
+        self.run_start = self.window.len();
+        let status = self.run_states(limit);
+        let new = &self.window[self.run_start..];
+        sink.extend_from_slice(new);
+        self.member_crc.update(new);
+        self.member_len += new.len() as u64;
+        self.out_total += new.len() as u64;
+        self.run_start = self.window.len();
+        match status? {
+            Status::MemberEnd => {
+                self.check_trailer()?;
+                Ok(Status::MemberEnd)
+            }
+            s => Ok(s),
+        }
+    }
+
+    /// The uncompressed offset the decoder is at.
+    fn out_now(&self) -> u64 {
+        self.out_total + (self.window.len() - self.run_start) as u64
+    }
+
+    fn checkpoint(&mut self, block: Option<Block>) {
+        if !self.tracking {
+            return;
+        }
+        let cp = Checkpoint {
+            bit: self.bit,
+            out: self.out_now(),
+            block,
+        };
+        // A later checkpoint at the same place says more (it knows the block).
+        while self
+            .checkpoints
+            .back()
+            .is_some_and(|last| last.bit == cp.bit && last.out == cp.out)
+        {
+            self.checkpoints.pop_back();
+        }
+        self.checkpoints.push_back(cp);
+    }
+
+    /// The bytes from the bit cursor on, if it is at a byte boundary.
+    fn aligned(&self) -> &[u8] {
+        debug_assert_eq!(self.bit % 8, 0);
+        &self.input[(self.bit / 8 - self.base) as usize..]
+    }
+
+    fn run_states(&mut self, limit: usize) -> Result<Status, Corrupt> {
+        let stop = self.run_start + limit;
+        if let State::Huffman(block) = &self.state {
+            let block = block.clone();
+            self.checkpoint(Some(block));
+        }
+        loop {
+            match &mut self.state {
+                State::MemberEnd => {
+                    if self.bit == self.in_total() * 8 {
+                        return Ok(Status::NeedInput);
+                    }
+                    self.state = State::GzipHeader;
+                }
+                State::GzipHeader => {
+                    let Some(len) = gzip_header_len(self.aligned())? else {
+                        return Ok(Status::NeedInput);
+                    };
+                    self.bit += 8 * len as u64;
+                    self.member_crc = crc32fast::Hasher::new();
+                    self.member_len = 0;
+                    self.last_block_header = None;
+                    self.deflate_end = None;
+                    self.state = State::BlockHeader;
+                }
+                State::BlockHeader => {
+                    self.checkpoint(None);
+                    let Some(block) = self.block_header()? else {
+                        return Ok(Status::NeedInput);
+                    };
+                    if block.last {
+                        self.last_block_header = Some(block.header_bit);
+                    }
+                    self.state = match block.codes {
+                        Some(_) => State::Huffman(block.clone()),
+                        None => {
+                            // LEN and NLEN follow at the next byte boundary.
+                            let at = self.bit.div_ceil(8) * 8;
+                            let rest = &self.input[(at / 8 - self.base) as usize..];
+                            let [l0, l1, n0, n1, ..] = *rest else {
+                                // Read the header again once LEN is here.
+                                self.bit = block.header_bit;
+                                return Ok(Status::NeedInput);
+                            };
+                            let len = u16::from_le_bytes([l0, l1]);
+                            if len != !u16::from_le_bytes([n0, n1]) {
+                                return Err(Corrupt("stored block length"));
+                            }
+                            self.bit = at + 32;
+                            State::Stored {
+                                block: block.clone(),
+                                left: u32::from(len),
+                            }
+                        }
+                    };
+                    if block.codes.is_some() {
+                        self.checkpoint(Some(block));
+                    }
+                }
+                State::Stored { block, left } => {
+                    let (last, want) = (block.last, *left);
+                    let room = stop.saturating_sub(self.window.len());
+                    let n = (want as usize).min(room).min(self.aligned().len());
+                    let from = (self.bit / 8 - self.base) as usize;
+                    self.window.extend_from_slice(&self.input[from..from + n]);
+                    self.bit += 8 * n as u64;
+                    let left = want - n as u32;
+                    if left == 0 {
+                        self.end_block(last);
+                        continue;
+                    }
+                    if let State::Stored { left: l, .. } = &mut self.state {
+                        *l = left;
+                    }
+                    return Ok(if n == room {
+                        Status::OutputFull
+                    } else {
+                        Status::NeedInput
+                    });
+                }
+                State::Huffman(block) => {
+                    let codes = block.codes.clone().unwrap_or_else(|| FIXED.clone());
+                    let last = block.last;
+                    match self.huffman(&codes, stop)? {
+                        Some(status) => return Ok(status),
+                        None => self.end_block(last),
+                    }
+                }
+                State::Trailer => {
+                    let at = self.bit.div_ceil(8) * 8;
+                    let rest = &self.input[(at / 8 - self.base) as usize..];
+                    if rest.len() < 8 {
+                        return Ok(Status::NeedInput);
+                    }
+                    self.bit = at + 64;
+                    self.state = State::MemberEnd;
+                    return Ok(Status::MemberEnd);
+                }
+            }
+        }
+    }
+
+    fn end_block(&mut self, last: bool) {
+        if last {
+            self.deflate_end = Some(self.bit);
+            self.state = State::Trailer;
+        } else {
+            self.state = State::BlockHeader;
+        }
+    }
+
+    /// The member's CRC-32 and length, against what was decoded.
+    fn check_trailer(&mut self) -> Result<(), Corrupt> {
+        let end = self.bit / 8;
+        let t = self.input_bytes(end - 8, end);
+        let crc = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+        let isize = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
+        let ours = std::mem::replace(&mut self.member_crc, crc32fast::Hasher::new()).finalize();
+        if crc != ours {
+            return Err(Corrupt("CRC-32 mismatch"));
+        }
+        if u64::from(isize) != self.member_len & 0xffff_ffff {
+            return Err(Corrupt("length mismatch"));
+        }
+        Ok(())
+    }
+
+    /// Read a block header (and a dynamic block's code description), or
+    /// `None` if the input ends inside it.
+    fn block_header(&mut self) -> Result<Option<Block>, Corrupt> {
+        let input = &self.input;
+        let start = ((self.bit / 8) - self.base) as usize;
+        let mut b = Bits {
+            ip: start,
+            buf: 0,
+            n: 0,
+        };
+        let need = |b: &mut Bits, n: u32| -> Option<u64> {
+            if b.n < n {
+                b.refill(input);
+                if b.n < n {
+                    return None;
+                }
+            }
+            Some(b.take(n))
+        };
+        let header_bit = self.bit;
+        let skip = (self.bit % 8) as u32;
+        if need(&mut b, skip).is_none() {
+            return Ok(None);
+        }
+        let Some(h) = need(&mut b, 3) else {
+            return Ok(None);
+        };
+        let last = h & 1 == 1;
+        let codes = match h >> 1 {
+            0 => None,
+            1 => Some(FIXED.clone()),
+            2 => {
+                let Some(codes) = dynamic_codes(&mut |n| need(&mut b, n))? else {
+                    return Ok(None);
+                };
+                Some(Arc::new(codes))
+            }
+            _ => return Err(Corrupt("reserved block type")),
+        };
+        self.bit = (self.base + b.ip as u64) * 8 - u64::from(b.n);
+        Ok(Some(Block {
+            header_bit,
+            start_out: self.out_now(),
+            last,
+            codes,
+        }))
+    }
+
+    /// Decode symbols until the end-of-block code (`None`), or stop with a status.
+    fn huffman(&mut self, codes: &Codes, stop: usize) -> Result<Option<Status>, Corrupt> {
+        let input = &self.input;
+        let window = &mut self.window;
+        let start = ((self.bit / 8) - self.base) as usize;
+        let mut b = Bits {
+            ip: start,
+            buf: 0,
+            n: 0,
+        };
+        b.refill(input);
+        let skip = (self.bit % 8) as u32;
+        // At least one byte is held for a symbol that starts in it.
+        b.take(skip.min(b.n));
+        let base = self.base;
+        let pos = |b: &Bits| (base + b.ip as u64) * 8 - u64::from(b.n);
+        let result = loop {
+            if window.len() >= stop {
+                break Some(Status::OutputFull);
+            }
+            b.refill(input);
+            let at = (b.ip, b.buf, b.n);
+            let Some((sym, len)) = codes.lit.decode(b.buf) else {
+                if b.n >= 15 {
+                    return Err(Corrupt("invalid literal/length code"));
+                }
+                break Some(Status::NeedInput);
+            };
+            if len > b.n {
+                break Some(Status::NeedInput);
+            }
+            b.take(len);
+            if sym < 256 {
+                window.push(sym as u8);
+                continue;
+            }
+            if sym == 256 {
+                break None;
+            }
+            let i = (sym - 257) as usize;
+            let (Some(&lbase), Some(&lextra)) = (LEN_BASE.get(i), LEN_EXTRA.get(i)) else {
+                return Err(Corrupt("invalid length symbol"));
+            };
+            let lextra = u32::from(lextra);
+            let Some((dsym, dlen)) = codes.dist.decode(b.buf >> lextra) else {
+                if b.n >= lextra + 15 {
+                    return Err(Corrupt("invalid distance code"));
+                }
+                (b.ip, b.buf, b.n) = at;
+                break Some(Status::NeedInput);
+            };
+            let d = dsym as usize;
+            let (Some(&dbase), Some(&dextra)) = (DIST_BASE.get(d), DIST_EXTRA.get(d)) else {
+                return Err(Corrupt("invalid distance symbol"));
+            };
+            let dextra = u32::from(dextra);
+            if lextra + dlen + dextra > b.n {
+                (b.ip, b.buf, b.n) = at;
+                break Some(Status::NeedInput);
+            }
+            let length = usize::from(lbase) + b.take(lextra) as usize;
+            b.take(dlen);
+            let dist = usize::from(dbase) + b.take(dextra) as usize;
+            // Within this member's output, and so within the window.
+            let produced = self.member_len as usize + (window.len() - self.run_start);
+            if dist > produced || dist > window.len() {
+                return Err(Corrupt("distance too far back"));
+            }
+            let from = window.len() - dist;
+            if dist >= length {
+                window.extend_from_within(from..from + length);
+            } else {
+                for k in 0..length {
+                    let byte = window[from + k];
+                    window.push(byte);
+                }
+            }
+        };
+        self.bit = pos(&b);
+        Ok(result)
+    }
+}
+
+/// The length of a complete gzip member header at the start of `h`, or
+/// `None` if it is not all there yet.
+fn gzip_header_len(h: &[u8]) -> Result<Option<usize>, Corrupt> {
+    if h.len() < 10 {
+        if h.iter().zip([0x1f, 0x8b, 8]).any(|(a, b)| *a != b) {
+            return Err(Corrupt("not a gzip header"));
+        }
+        return Ok(None);
+    }
+    if h[..3] != [0x1f, 0x8b, 8] {
+        return Err(Corrupt("not a gzip header"));
+    }
+    let flags = h[3];
+    if flags & 0xe0 != 0 {
+        return Err(Corrupt("reserved gzip header flags"));
+    }
+    let mut at = 10;
+    if flags & 4 != 0 {
+        let Some(x) = h.get(at..at + 2) else {
+            return Ok(None);
+        };
+        at += 2 + usize::from(u16::from_le_bytes([x[0], x[1]]));
+    }
+    for flag in [8, 16] {
+        if flags & flag != 0 {
+            let Some(nul) = h.get(at..).and_then(|r| r.iter().position(|&c| c == 0)) else {
+                return Ok(None);
+            };
+            at += nul + 1;
+        }
+    }
+    if flags & 2 != 0 {
+        at += 2;
+    }
+    Ok((at <= h.len()).then_some(at))
+}
+
+/// A dynamic block's codes, read through `need(n)` (the next `n` bits, or
+/// `None` when the input ends first).
+fn dynamic_codes(need: &mut dyn FnMut(u32) -> Option<u64>) -> Result<Option<Codes>, Corrupt> {
+    macro_rules! bits {
+        ($n:expr) => {
+            match need($n) {
+                Some(v) => v as usize,
+                None => return Ok(None),
+            }
+        };
+    }
+    let hlit = bits!(5) + 257;
+    let hdist = bits!(5) + 1;
+    let hclen = bits!(4) + 4;
+    if hlit > 286 || hdist > 30 {
+        return Err(Corrupt("too many length or distance codes"));
+    }
+    let mut cl_lens = [0u8; 19];
+    for &i in &CL_ORDER[..hclen] {
+        cl_lens[i] = bits!(3) as u8;
+    }
+    let cl = Table::build(&cl_lens, 7, false)?;
+    let mut lens = [0u8; 286 + 30];
+    let mut i = 0;
+    while i < hlit + hdist {
+        // A code length code is at most 7 bits: peek 7, or as many as there are.
+        let mut peek = 0u64;
+        let mut got = 0;
+        let mut sym = None;
+        while got < 7 {
+            peek |= bits!(1) as u64 * (1 << got);
+            got += 1;
+            if let Some((s, l)) = cl.decode(peek)
+                && l == got
+            {
+                sym = Some(s);
+                break;
+            }
+        }
+        let Some(sym) = sym else {
+            return Err(Corrupt("invalid code length code"));
+        };
+        match sym {
+            0..=15 => {
+                lens[i] = sym as u8;
+                i += 1;
+            }
+            16 => {
+                let Some(&prev) = i.checked_sub(1).and_then(|p| lens.get(p)) else {
+                    return Err(Corrupt("repeat with no previous length"));
+                };
+                let n = 3 + bits!(2);
+                if i + n > hlit + hdist {
+                    return Err(Corrupt("code lengths overflow"));
+                }
+                lens[i..i + n].fill(prev);
+                i += n;
+            }
+            17 | 18 => {
+                let n = if sym == 17 {
+                    3 + bits!(3)
+                } else {
+                    11 + bits!(7)
+                };
+                if i + n > hlit + hdist {
+                    return Err(Corrupt("code lengths overflow"));
+                }
+                i += n;
+            }
+            _ => return Err(Corrupt("invalid code length code")),
+        }
+    }
+    Codes::new(&lens[..hlit], &lens[hlit..hlit + hdist]).map(Some)
+}
