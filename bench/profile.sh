@@ -48,6 +48,7 @@ die() { log "ERROR: $*"; exit 1; }
 CASES=(
     "hop-2k-identity plain.bench /page-2k.html identity"
     "inject-2k-identity inject.bench /page-2k.html identity"
+    "inject-2k-gzip inject.bench /page-2k.html gzip"
     "inject-64k-identity inject.bench /page-64k.html identity"
     "inject-64k-gzip inject.bench /page-64k.html gzip"
 )

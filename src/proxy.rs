@@ -313,7 +313,7 @@ async fn handle_inner(
     // insertion point (codec::splice) instead of decoding and encoding again.
     let checked = if is_head {
         Ok(Decoded::Plain(body::empty()))
-    } else if info.coding == Coding::Gzip && out == Coding::Gzip {
+    } else if info.coding == Coding::Gzip && out == Coding::Gzip && codec::splice::enabled() {
         Box::pin(codec::splice::check(rbody, limits))
             .await
             .map(|c| Decoded::Spliced(Box::new(c)))

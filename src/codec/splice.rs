@@ -52,7 +52,37 @@ const PREFIX_KEEP: usize = 64 * 1024;
 
 /// Compressed bytes held back at most (a long final or stored block, or
 /// output the rewriter has not yet confirmed); past it the stream is cut.
-pub const MAX_HELD: usize = 256 * 1024;
+pub const MAX_HELD: usize = 64 * 1024;
+
+/// Decoded bytes kept at most for a cut that may still come; past it the
+/// stream is cut.
+const MAX_KEPT: u64 = 512 * 1024;
+
+/// The environment variable that turns splicing off: with
+/// `CHATHUB_GZIP_SPLICE=off` gzip pages are decoded and encoded again at
+/// level 1, as for the other codings. The switch to flip if a client is ever
+/// suspected of reading spliced streams wrongly.
+pub const SPLICE_ENV: &str = "CHATHUB_GZIP_SPLICE";
+
+/// Whether gzip pages are spliced (read once per process).
+pub fn enabled() -> bool {
+    static ON: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| match std::env::var(SPLICE_ENV).ok().as_deref() {
+            Some("off") => {
+                tracing::info!("{SPLICE_ENV}=off: gzip pages are decoded and encoded again");
+                false
+            }
+            None | Some("" | "on") => true,
+            Some(other) => {
+                tracing::warn!(
+                    value = other,
+                    "{SPLICE_ENV}: expected `on` or `off`; using `on`"
+                );
+                true
+            }
+        });
+    *ON
+}
 
 /// A tail at most this long goes out in stored blocks; a longer one is
 /// compressed.
@@ -273,7 +303,9 @@ impl<R: Rewrite> Spliced<R> {
                 return;
             };
             let n = rest.len().min(input.len());
-            let same = if std::ptr::eq(rest.as_ptr(), input.as_ptr()) {
+            // The fast path hands out slices of its input: usually the same
+            // memory, else compared whole before looking for the difference.
+            let same = if std::ptr::eq(rest.as_ptr(), input.as_ptr()) || rest[..n] == input[..n] {
                 n
             } else {
                 rest[..n]
@@ -397,7 +429,7 @@ impl<R: Rewrite> Spliced<R> {
             self.emitted = limit;
             self.inf.release(limit);
         }
-        if self.inf.held() > MAX_HELD {
+        if self.inf.held() > MAX_HELD || self.inf.out_total() - self.decoded_from > MAX_KEPT {
             let at = self.confirmed;
             self.cut(at, &[]);
             return;

@@ -477,6 +477,50 @@ async fn validators_and_ranges_are_not_forwarded_for_pages() {
     proxy.shutdown().await;
 }
 
+/// gzip in, gzip out: the upstream's compressed bytes go out as they are up
+/// to the insertion point (src/codec/splice.rs), not a level-1 re-encoding.
+#[tokio::test]
+async fn a_gzip_page_keeps_the_upstreams_compressed_bytes_up_to_the_widget() {
+    let page = page(100_000);
+    let gz = compress("gzip", &page);
+    let origin = Origin::builder()
+        .fixed_with_headers(
+            "/page",
+            200,
+            &[("content-type", "text/html"), ("content-encoding", "gzip")],
+            gz.clone(),
+        )
+        .start()
+        .await;
+    let proxy = Proxy::with_origin(PROXY_TOML, &origin).await;
+    let c = client::http1(proxy.addr);
+    let got = client::fetch(
+        &c,
+        req(
+            Method::GET,
+            "site.test",
+            "/page",
+            &[("accept-encoding", "gzip")],
+        ),
+    )
+    .await;
+    assert_injected(&got, &page, "gzip");
+    assert_eq!(coding_of(&got), "gzip");
+    let half = gz.len() / 2;
+    assert_eq!(
+        got.body[..half],
+        gz[..half],
+        "the first half is the upstream's own"
+    );
+    assert!(
+        got.body.len() < gz.len() + 1024,
+        "{} bytes for an upstream body of {}",
+        got.body.len(),
+        gz.len()
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn head_answers_with_the_headers_get_would_get() {
     let page = page(10_000);

@@ -211,6 +211,13 @@ const CL_ORDER: [usize; 19] = [
 /// The deflate window: matches reach at most this far back.
 const WINDOW: usize = 32 * 1024;
 
+/// Uncompressed bytes between checkpoints inside a Huffman block.
+const MARK: usize = 1024;
+
+/// Room past the output limit: the longest match, and the overshoot of
+/// copying matches 16 bytes at a time.
+const SLACK: usize = 258 + 16;
+
 /// A block being decoded.
 #[derive(Clone)]
 pub struct Block {
@@ -419,6 +426,10 @@ impl Inflater {
     /// so that the bits before it may be copied out (when the input pauses
     /// inside a run the rewriter has mostly confirmed).
     pub fn settle(&mut self, confirmed: u64) {
+        // Inside the final block or a stored block nothing more can go anyway.
+        if self.last_block_header.is_some() || matches!(self.state, State::Stored { .. }) {
+            return;
+        }
         let Some(i) = self.checkpoints.iter().rposition(|c| c.out <= confirmed) else {
             return;
         };
@@ -704,11 +715,21 @@ impl Inflater {
                     });
                 }
                 State::Huffman(block) => {
+                    let block = block.clone();
                     let codes = block.codes.clone().unwrap_or_else(|| FIXED.clone());
-                    let last = block.last;
-                    match self.huffman(&codes, stop)? {
+                    // While tracking, stop every MARK bytes for a checkpoint, so
+                    // a cut never decodes more than that again.
+                    let until = if self.tracking {
+                        stop.min(self.window.len() + MARK)
+                    } else {
+                        stop
+                    };
+                    match self.huffman(&codes, until)? {
+                        Some(Status::OutputFull) if self.window.len() < stop => {
+                            self.checkpoint(Some(block));
+                        }
                         Some(status) => return Ok(status),
-                        None => self.end_block(last),
+                        None => self.end_block(block.last),
                     }
                 }
                 State::Trailer => {
@@ -801,7 +822,6 @@ impl Inflater {
     /// Decode symbols until the end-of-block code (`None`), or stop with a status.
     fn huffman(&mut self, codes: &Codes, stop: usize) -> Result<Option<Status>, Corrupt> {
         let input = &self.input;
-        let window = &mut self.window;
         let start = ((self.bit / 8) - self.base) as usize;
         let mut b = Bits {
             ip: start,
@@ -813,15 +833,22 @@ impl Inflater {
         // At least one byte is held for a symbol that starts in it.
         b.take(skip.min(b.n));
         let base = self.base;
-        let pos = |b: &Bits| (base + b.ip as u64) * 8 - u64::from(b.n);
+        let pos_bits = |b: &Bits| (base + b.ip as u64) * 8 - u64::from(b.n);
+        // Output goes into a buffer sized up front (then cut back), so that
+        // literals are single stores and matches fixed-size copies.
+        let window = &mut self.window;
+        let mut pos = window.len();
+        window.resize(stop.max(pos) + SLACK, 0);
+        let (member_len, run_start) = (self.member_len as usize, self.run_start);
         let result = loop {
-            if window.len() >= stop {
+            if pos >= stop {
                 break Some(Status::OutputFull);
             }
             b.refill(input);
             let at = (b.ip, b.buf, b.n);
             let Some((sym, len)) = codes.lit.decode(b.buf) else {
                 if b.n >= 15 {
+                    window.truncate(pos);
                     return Err(Corrupt("invalid literal/length code"));
                 }
                 break Some(Status::NeedInput);
@@ -831,7 +858,8 @@ impl Inflater {
             }
             b.take(len);
             if sym < 256 {
-                window.push(sym as u8);
+                window[pos] = sym as u8;
+                pos += 1;
                 continue;
             }
             if sym == 256 {
@@ -839,11 +867,13 @@ impl Inflater {
             }
             let i = (sym - 257) as usize;
             let (Some(&lbase), Some(&lextra)) = (LEN_BASE.get(i), LEN_EXTRA.get(i)) else {
+                window.truncate(pos);
                 return Err(Corrupt("invalid length symbol"));
             };
             let lextra = u32::from(lextra);
             let Some((dsym, dlen)) = codes.dist.decode(b.buf >> lextra) else {
                 if b.n >= lextra + 15 {
+                    window.truncate(pos);
                     return Err(Corrupt("invalid distance code"));
                 }
                 (b.ip, b.buf, b.n) = at;
@@ -851,6 +881,7 @@ impl Inflater {
             };
             let d = dsym as usize;
             let (Some(&dbase), Some(&dextra)) = (DIST_BASE.get(d), DIST_EXTRA.get(d)) else {
+                window.truncate(pos);
                 return Err(Corrupt("invalid distance symbol"));
             };
             let dextra = u32::from(dextra);
@@ -862,21 +893,29 @@ impl Inflater {
             b.take(dlen);
             let dist = usize::from(dbase) + b.take(dextra) as usize;
             // Within this member's output, and so within the window.
-            let produced = self.member_len as usize + (window.len() - self.run_start);
-            if dist > produced || dist > window.len() {
+            if dist > member_len + (pos - run_start) || dist > pos {
+                window.truncate(pos);
                 return Err(Corrupt("distance too far back"));
             }
-            let from = window.len() - dist;
-            if dist >= length {
-                window.extend_from_within(from..from + length);
+            let from = pos - dist;
+            if dist >= 16 {
+                // Each 16-byte piece reads only bytes already written; the
+                // last may write past the match, into the slack.
+                let mut k = 0;
+                while k < length {
+                    let (done, free) = window.split_at_mut(pos + k);
+                    free[..16].copy_from_slice(&done[from + k..from + k + 16]);
+                    k += 16;
+                }
             } else {
                 for k in 0..length {
-                    let byte = window[from + k];
-                    window.push(byte);
+                    window[pos + k] = window[from + k];
                 }
             }
+            pos += length;
         };
-        self.bit = pos(&b);
+        window.truncate(pos);
+        self.bit = pos_bits(&b);
         Ok(result)
     }
 }
