@@ -355,16 +355,18 @@ impl<R: Rewrite> Spliced<R> {
                 (c.bit % 8) as u32,
             );
         }
-        // More blocks follow the cut: the final block, if kept, is final no longer.
+        // More blocks follow the cut: the final block, if kept, is final no
+        // longer. Its header is in the whole bytes copied above: a cut inside
+        // a block is at least one symbol past its header (10 bits or more),
+        // and a cut at the header keeps none of the block.
         if let Some(h) = self.inf.last_block_header
             && h < c.bit
         {
-            debug_assert!(h >= self.emitted * 8, "the final block header is held");
-            if h / 8 == full {
-                w.acc &= !(1 << (h % 8));
-            } else {
-                self.out[from + (h / 8 - self.emitted) as usize] &= !(1 << (h % 8));
-            }
+            debug_assert!(
+                h >= self.emitted * 8 && h / 8 < full,
+                "the final block header is held"
+            );
+            self.out[from + (h / 8 - self.emitted) as usize] &= !(1 << (h % 8));
         }
         if let Some((code, len)) = c.eob {
             w.put(code, len);

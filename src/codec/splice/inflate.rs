@@ -212,7 +212,7 @@ const CL_ORDER: [usize; 19] = [
 const WINDOW: usize = 32 * 1024;
 
 /// Uncompressed bytes between checkpoints inside a Huffman block.
-const MARK: usize = 1024;
+const MARK: usize = 512;
 
 /// Room past the output limit: the longest match, and the overshoot of
 /// copying matches 16 bytes at a time.
@@ -278,13 +278,13 @@ impl Bits {
             let w = u64::from_le_bytes([
                 word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
             ]);
+            // Bits above `n` may already hold some of these bytes (from the
+            // last refill): the same bits, so OR-ing them again is harmless,
+            // and nothing reads past `n` but a lookup whose length is checked.
             self.buf |= w << self.n;
             let take = (63 - self.n) / 8;
             self.ip += take as usize;
             self.n += take * 8;
-            // Bits above `n` came from bytes not yet counted; clear them so a
-            // later byte-wise refill never ORs into stale bits.
-            self.buf &= (1u64 << self.n) - 1;
         } else {
             while self.n <= 56 && self.ip < input.len() {
                 self.buf |= u64::from(input[self.ip]) << self.n;
@@ -781,21 +781,9 @@ impl Inflater {
             buf: 0,
             n: 0,
         };
-        let need = |b: &mut Bits, n: u32| -> Option<u64> {
-            if b.n < n {
-                b.refill(input);
-                if b.n < n {
-                    return None;
-                }
-            }
-            Some(b.take(n))
-        };
         let header_bit = self.bit;
         let skip = (self.bit % 8) as u32;
-        if need(&mut b, skip).is_none() {
-            return Ok(None);
-        }
-        let Some(h) = need(&mut b, 3) else {
+        let Some(h) = need(&mut b, input, skip).and_then(|_| need(&mut b, input, 3)) else {
             return Ok(None);
         };
         let last = h & 1 == 1;
@@ -803,7 +791,7 @@ impl Inflater {
             0 => None,
             1 => Some(FIXED.clone()),
             2 => {
-                let Some(codes) = dynamic_codes(&mut |n| need(&mut b, n))? else {
+                let Some(codes) = dynamic_codes(&mut b, input)? else {
                     return Ok(None);
                 };
                 Some(Arc::new(codes))
@@ -957,12 +945,22 @@ fn gzip_header_len(h: &[u8]) -> Result<Option<usize>, Corrupt> {
     Ok((at <= h.len()).then_some(at))
 }
 
-/// A dynamic block's codes, read through `need(n)` (the next `n` bits, or
-/// `None` when the input ends first).
-fn dynamic_codes(need: &mut dyn FnMut(u32) -> Option<u64>) -> Result<Option<Codes>, Corrupt> {
+/// The next `n` bits, or `None` if the input ends first.
+fn need(b: &mut Bits, input: &[u8], n: u32) -> Option<u64> {
+    if b.n < n {
+        b.refill(input);
+        if b.n < n {
+            return None;
+        }
+    }
+    Some(b.take(n))
+}
+
+/// A dynamic block's codes, or `None` if the input ends inside them.
+fn dynamic_codes(b: &mut Bits, input: &[u8]) -> Result<Option<Codes>, Corrupt> {
     macro_rules! bits {
         ($n:expr) => {
-            match need($n) {
+            match need(b, input, $n) {
                 Some(v) => v as usize,
                 None => return Ok(None),
             }
@@ -982,23 +980,20 @@ fn dynamic_codes(need: &mut dyn FnMut(u32) -> Option<u64>) -> Result<Option<Code
     let mut lens = [0u8; 286 + 30];
     let mut i = 0;
     while i < hlit + hdist {
-        // A code length code is at most 7 bits: peek 7, or as many as there are.
-        let mut peek = 0u64;
-        let mut got = 0;
-        let mut sym = None;
-        while got < 7 {
-            peek |= bits!(1) as u64 * (1 << got);
-            got += 1;
-            if let Some((s, l)) = cl.decode(peek)
-                && l == got
-            {
-                sym = Some(s);
-                break;
-            }
+        // A code length code is at most 7 bits: one lookup.
+        if b.n < 7 {
+            b.refill(input);
         }
-        let Some(sym) = sym else {
-            return Err(Corrupt("invalid code length code"));
+        let Some((sym, len)) = cl.decode(b.buf) else {
+            if b.n >= 7 {
+                return Err(Corrupt("invalid code length code"));
+            }
+            return Ok(None);
         };
+        if len > b.n {
+            return Ok(None);
+        }
+        b.take(len);
         match sym {
             0..=15 => {
                 lens[i] = sym as u8;

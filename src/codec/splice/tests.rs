@@ -327,3 +327,25 @@ proptest! {
         prop_assert_eq!(decompress(Coding::Gzip, &out), expected(&page, at, TAG));
     }
 }
+
+/// Timing, by hand: `cargo test --release --lib inflate_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn inflate_speed() {
+    let page = html(64 * 1024);
+    let gz = gzip(&page, 6, &[]);
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        for _ in 0..2000 {
+            let out = inflate(&gz, 16 * 1024, 16 * 1024, true).unwrap();
+            assert_eq!(out.len(), page.len());
+        }
+        let ours = t.elapsed() / 2000;
+        let t = std::time::Instant::now();
+        for _ in 0..2000 {
+            assert_eq!(decompress(Coding::Gzip, &gz).len(), page.len());
+        }
+        let theirs = t.elapsed() / 2000;
+        println!("ours {ours:?}, flate2 {theirs:?}");
+    }
+}

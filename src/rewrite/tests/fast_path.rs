@@ -429,4 +429,116 @@ mod differential {
             assert_same_paths(&doc, &[usize::MAX]);
         }
     }
+
+    proptest! {
+        // Each case compresses a page of up to 100 KB: a tenth of the
+        // documents above, at least 200 and at most 5,000.
+        #![proptest_config(ProptestConfig { cases: (cases() / 10).clamp(200, 5000), ..ProptestConfig::default() })]
+
+        /// The gzip splice (crate::codec::splice) around the real rewriter,
+        /// both paths: the spliced stream decodes to exactly what the
+        /// rewriter gives for the decoded page, whatever the compression
+        /// level, flush points and chunking.
+        #[test]
+        fn spliced_gzip_decodes_to_the_rewritten_page(
+            doc in document(),
+            filler in 0usize..3,
+            level in 0u32..=9,
+            flush in proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+            chunk in 1usize..300,
+            fast in any::<bool>(),
+            csp in any::<bool>(),
+        ) {
+            // Filler in front makes streams of several blocks.
+            let mut page: Vec<u8> = (0..filler * 1500)
+                .flat_map(|i| format!("<p>filler {i} text {}</p>\n", i * 7919 % 1000).into_bytes())
+                .collect();
+            page.extend_from_slice(&doc);
+            let (plan, page_csp) = if csp {
+                let (plan, p) = csp_page();
+                (plan, Some(p))
+            } else {
+                (plan(), None)
+            };
+            let (want, _) = rewritten(&page, &plan, page_csp.as_ref(), fast);
+            let points: Vec<usize> = flush.iter().map(|i| i.index(page.len() + 1)).collect();
+            let gz = gzip(&page, level, &points);
+            let got = splice(&gz, chunk, &plan, page_csp.as_ref(), fast);
+            prop_assert!(got == want, "spliced output differs ({} vs {} bytes)", got.len(), want.len());
+        }
+    }
+}
+
+/// One path's output for `input` in one piece.
+fn rewritten(
+    input: &[u8],
+    plan: &RewritePlan,
+    csp: Option<&Arc<crate::csp::PageCsp>>,
+    fast: bool,
+) -> PathRun {
+    let metrics = Arc::new(Metrics::new());
+    let body = frames_body(vec![Bytes::copy_from_slice(input)], None);
+    let mut rb = RewriteBody::build(body, plan.clone(), metrics.clone(), engine::no_hook, fast);
+    rb.csp = csp.cloned();
+    let (frames, _, err) = drive(rb.boxed_unsync());
+    assert!(err.is_none());
+    (concat(&frames), metrics)
+}
+
+/// gzip with a sync flush at each of `points`.
+fn gzip(data: &[u8], level: u32, points: &[usize]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    let mut points = points.to_vec();
+    points.sort_unstable();
+    let mut at = 0;
+    for p in points {
+        e.write_all(&data[at..p]).unwrap_or_else(|e| panic!("{e}"));
+        e.flush().unwrap_or_else(|e| panic!("{e}"));
+        at = p;
+    }
+    e.write_all(&data[at..]).unwrap_or_else(|e| panic!("{e}"));
+    e.finish().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `gz` in `chunk`-byte frames through the splice around the rewriter,
+/// decoded again with flate2.
+fn splice(
+    gz: &[u8],
+    chunk: usize,
+    plan: &RewritePlan,
+    csp: Option<&Arc<crate::csp::PageCsp>>,
+    fast: bool,
+) -> Vec<u8> {
+    use std::io::Read;
+    let body = frames_body(split(gz, chunk), None);
+    let metrics = Arc::new(Metrics::new());
+    let mut rb = RewriteBody::build(
+        crate::body::empty(),
+        plan.clone(),
+        metrics,
+        engine::no_hook,
+        fast,
+    );
+    rb.csp = csp.cloned();
+    let limits = crate::codec::DecodeLimits {
+        max_bytes: u64::MAX,
+        max_ratio: u64::MAX,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = rt.block_on(async {
+        let Ok(checked) = crate::codec::splice::check(body, limits).await else {
+            panic!("the prefix check refused valid gzip");
+        };
+        let (frames, _, err) = drive(checked.into_body(Driven(rb)));
+        assert!(err.is_none(), "{err:?}");
+        concat(&frames)
+    });
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&out[..])
+        .read_to_end(&mut plain)
+        .unwrap_or_else(|e| panic!("spliced stream does not decode: {e}"));
+    plain
 }
