@@ -152,7 +152,9 @@ impl Codes {
         if lit_lens.get(256).copied().unwrap_or(0) == 0 {
             return Err(Corrupt("no end-of-block code"));
         }
-        let lit = Table::build(lit_lens, LIT_BITS, false)?;
+        // As zlib: a lone one-bit code is allowed for both (a block of
+        // nothing but its end, a block with one distance).
+        let lit = Table::build(lit_lens, LIT_BITS, true)?;
         let dist = Table::build(dist_lens, DIST_BITS, true)?;
         // Canonical code of symbol 256: recomputed rather than kept per symbol.
         let mut count = [0u32; 16];
@@ -261,6 +263,9 @@ enum State {
     Trailer,
     /// A member's trailer was checked; more input starts another member.
     MemberEnd,
+    /// Bytes after the last member that are no gzip header: ignored, as
+    /// zlib's `gunzip` and browsers do with trailing garbage.
+    Trailing,
 }
 
 /// The bit cursor, in a form the decoding loop keeps in registers.
@@ -377,12 +382,25 @@ impl Inflater {
 
     /// Whether the input ends cleanly here: every member complete.
     pub fn at_member_end(&self) -> bool {
-        matches!(self.state, State::MemberEnd) && self.bit == self.in_total() * 8
+        match self.state {
+            State::MemberEnd => self.bit == self.in_total() * 8 || !self.member_follows(),
+            State::Trailing => true,
+            _ => false,
+        }
     }
 
-    /// Whether any input is buffered beyond the last complete member.
+    /// Whether what is buffered beyond the last complete member starts (or
+    /// may start) another member.
     pub fn has_input_past_member(&self) -> bool {
-        matches!(self.state, State::MemberEnd) && self.bit < self.in_total() * 8
+        matches!(self.state, State::MemberEnd)
+            && self.bit < self.in_total() * 8
+            && self.member_follows()
+    }
+
+    /// The bytes after a member's trailer begin like a gzip header.
+    fn member_follows(&self) -> bool {
+        let rest = self.aligned();
+        rest.iter().zip([0x1f, 0x8b]).all(|(a, b)| *a == b)
     }
 
     /// The input bytes from absolute byte `from` up to `to` (both still held).
@@ -646,7 +664,16 @@ impl Inflater {
                     if self.bit == self.in_total() * 8 {
                         return Ok(Status::NeedInput);
                     }
+                    if !self.member_follows() {
+                        tracing::debug!("ignoring bytes after the last gzip member");
+                        self.state = State::Trailing;
+                        continue;
+                    }
                     self.state = State::GzipHeader;
+                }
+                State::Trailing => {
+                    self.bit = self.in_total() * 8;
+                    return Ok(Status::NeedInput);
                 }
                 State::GzipHeader => {
                     let Some(len) = gzip_header_len(self.aligned())? else {

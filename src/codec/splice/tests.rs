@@ -288,6 +288,20 @@ async fn a_second_member_is_cut_in_front_of() {
 }
 
 #[tokio::test]
+async fn bytes_after_the_last_member_are_ignored() {
+    let page = html(30_000);
+    for junk in [&b"\0\0\0\0"[..], b"\n", b"<html>trailing</html>"] {
+        let gz = [gzip(&page, 6, &[]), junk.to_vec()].concat();
+        assert_eq!(inflate(&gz, 1000, 4096, false).unwrap(), page);
+        let at = page.len() as u64 - 14;
+        for chunk in [7, 1000, gz.len()] {
+            let out = splice(&gz, chunk, 1, InsertAt::new(at, TAG, false, 3)).await;
+            assert_eq!(decompress(Coding::Gzip, &out), expected(&page, at, TAG));
+        }
+    }
+}
+
+#[tokio::test]
 async fn corrupt_data_in_the_prefix_is_refused_and_handed_back() {
     let mut gz = gzip(&html(5000), 6, &[]);
     let n = gz.len();
