@@ -4,6 +4,8 @@
 // its own session and token.
 
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import zlib from 'node:zlib';
 import { test } from 'node:test';
 import {
   STATIC,
@@ -81,5 +83,43 @@ test('a second browser context gets its own session and token', { timeout: 120_0
     }
     assert.notEqual(seen[0].session, seen[1].session);
     assert.notEqual(seen[0].token, seen[1].token);
+  }),
+);
+
+test('a gzip page reaches Chromium spliced: the origin\'s compressed bytes, the tag, all of the page', { timeout: 120_000 }, () =>
+  withCleanup(async (cleanups) => {
+    // Enough varied text for several deflate blocks, hidden so the layout holds.
+    const rows = 3000;
+    const filler = Array.from({ length: rows }, (_, i) => `<p>row ${i}: ${(i * 7919) % 10007} items</p>`).join('\n');
+    const html = pageHtml().replace('</main>', `</main>\n<div hidden id="filler">${filler}</div>`);
+    const gz = zlib.gzipSync(Buffer.from(html), { level: 9 });
+    const emulator = await startEmulator(cleanups);
+    const origin = await startOrigin(cleanups, { ...STATIC, '/': htmlResponse(gz, { 'content-encoding': 'gzip' }) });
+    const proxy = await startProxy(cleanups, { emulator, origin });
+    const browser = await launchBrowser(cleanups);
+
+    const { page } = await newPage(browser);
+    const resp = await page.goto(proxy.url + '/');
+    assert.equal(resp.status(), 200);
+    assert.equal(await resp.headerValue('x-chathub-inject'), 'injected');
+    assert.equal(await resp.headerValue('content-encoding'), 'gzip');
+    await panelStatus(page, 'ok');
+    const facts = await widgetFacts(page);
+    assert.equal(facts.tags, 1, 'exactly one widget tag');
+    assert.equal(facts.ownScript, 'own script ran');
+    assert.equal(await page.evaluate(() => document.querySelectorAll('#filler p').length), rows, 'the whole page arrived');
+    // What went over the wire: the origin's compressed bytes up to the tag.
+    // (node:http, not fetch, which would decode it.)
+    const body = await new Promise((resolve, reject) => {
+      http
+        .get(proxy.url + '/', { headers: { 'accept-encoding': 'gzip' } }, (res) => {
+          const parts = [];
+          res.on('data', (d) => parts.push(d));
+          res.on('end', () => resolve(Buffer.concat(parts)));
+        })
+        .on('error', reject);
+    });
+    assert.ok(body.length < gz.length + 1024, `${body.length} bytes for an origin body of ${gz.length}`);
+    assert.ok(body.subarray(0, gz.length >> 1).equals(gz.subarray(0, gz.length >> 1)), 'the first half is the origin\'s own');
   }),
 );
