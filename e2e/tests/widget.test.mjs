@@ -120,6 +120,13 @@ test('a gzip page reaches Chromium spliced: the origin\'s compressed bytes, the 
         .on('error', reject);
     });
     assert.ok(body.length < gz.length + 1024, `${body.length} bytes for an origin body of ${gz.length}`);
-    assert.ok(body.subarray(0, gz.length >> 1).equals(gz.subarray(0, gz.length >> 1)), 'the first half is the origin\'s own');
+    // The first half is the origin's own, but for one bit: at level 9 this
+    // page is a single deflate block, the final one, and blocks now follow
+    // it, so its BFINAL bit (the first bit after the 10-byte header) is clear.
+    const half = (b) => Buffer.from(b.subarray(0, gz.length >> 1));
+    const [ours, theirs] = [half(body), half(gz)];
+    assert.equal(ours[10] | 1, theirs[10] | 1);
+    ours[10] = theirs[10];
+    assert.ok(ours.equals(theirs), 'the first half is the origin\'s own');
   }),
 );
