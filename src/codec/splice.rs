@@ -50,6 +50,9 @@ const RUN: usize = 16 * 1024;
 /// Compressed bytes the prefix check reads before committing to the splice.
 const PREFIX_KEEP: usize = 64 * 1024;
 
+/// Decoded bytes the prefix check holds for the rewriter.
+const HOLD: usize = 64 * 1024;
+
 /// Compressed bytes held back at most (a long final or stored block, or
 /// output the rewriter has not yet confirmed); past it the stream is cut.
 pub const MAX_HELD: usize = 64 * 1024;
@@ -122,6 +125,10 @@ pub async fn check(mut upstream: Body, limits: DecodeLimits) -> Result<Checked, 
     let mut kept_len = 0;
     let mut inf = Inflater::new();
     let mut decoded = Vec::new();
+    // Past HOLD decoded bytes the check goes on counting only; the body
+    // starts from a copy of the inflater taken there, which decodes the rest
+    // again (as decode_checked does), so no more than HOLD is held.
+    let mut resume: Option<Inflater> = None;
     let mut failed = None;
     let mut upstream_done = false;
     let refuse = |kept: VecDeque<Bytes>, upstream: Body, why| Refused {
@@ -152,8 +159,11 @@ pub async fn check(mut upstream: Body, limits: DecodeLimits) -> Result<Checked, 
         };
         kept_len += data.len();
         inf.push(&data);
+        if let Some(r) = &mut resume {
+            r.push(&data);
+        }
         kept.push_back(data);
-        match decode_all(&mut inf, limits, &mut decoded) {
+        match decode_all(&mut inf, limits, &mut decoded, &mut resume) {
             Ok(()) => {}
             Err(Stop::Corrupt(e)) => {
                 tracing::debug!(reason = "corrupt_encoding", error = %e, "passing compressed page through");
@@ -174,7 +184,7 @@ pub async fn check(mut upstream: Body, limits: DecodeLimits) -> Result<Checked, 
     }
     Ok(Checked {
         upstream,
-        inf,
+        inf: resume.unwrap_or(inf),
         limits,
         decoded,
         failed,
@@ -188,18 +198,33 @@ enum Stop {
 }
 
 /// Decode everything the inflater has (stopping before a second member's
-/// data, which the splicer must cut in front of).
-fn decode_all(inf: &mut Inflater, limits: DecodeLimits, out: &mut Vec<Bytes>) -> Result<(), Stop> {
+/// data, which the splicer must cut in front of). Output goes to `out` until
+/// it holds [`HOLD`] bytes; then `resume` gets a copy of the inflater as it
+/// is there, and the rest is only counted.
+fn decode_all(
+    inf: &mut Inflater,
+    limits: DecodeLimits,
+    out: &mut Vec<Bytes>,
+    resume: &mut Option<Inflater>,
+) -> Result<(), Stop> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
         let status = inf.run(RUN, &mut buf).map_err(Stop::Corrupt)?;
-        if !buf.is_empty() {
-            out.push(Bytes::copy_from_slice(&buf));
-        }
         limits
             .check(inf.out_total(), inf.in_total())
             .map_err(Stop::Limit)?;
+        if resume.is_none() {
+            if !buf.is_empty() {
+                out.push(Bytes::copy_from_slice(&buf));
+            }
+            if inf.out_total() >= HOLD as u64 {
+                *resume = Some(inf.clone());
+            }
+        } else {
+            // Counting only: no cut will be made on this copy.
+            inf.release(u64::MAX);
+        }
         match status {
             Status::OutputFull => {}
             Status::NeedInput | Status::MemberEnd => return Ok(()),
@@ -231,6 +256,10 @@ impl Checked {
             s.give(chunk);
         }
         s.after_input();
+        // Input the check only counted (past HOLD) is decoded again now.
+        if let Err(e) = s.on_data(&[]) {
+            s.failed = Some(e);
+        }
         crate::body::boxed(s)
     }
 }

@@ -252,6 +252,7 @@ pub struct Cut {
     pub eob: Option<(u64, u32)>,
 }
 
+#[derive(Clone)]
 enum State {
     GzipHeader,
     BlockHeader,
@@ -308,6 +309,7 @@ impl Bits {
     }
 }
 
+#[derive(Clone)]
 pub struct Inflater {
     /// Compressed input from absolute byte `base` on.
     input: Vec<u8>,
