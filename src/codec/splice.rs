@@ -209,6 +209,11 @@ fn decode_all(
 ) -> Result<(), Stop> {
     let mut buf = Vec::new();
     loop {
+        // Only when there is more to decode: a page that ends within HOLD
+        // needs no copy.
+        if resume.is_none() && inf.out_total() >= HOLD as u64 {
+            *resume = Some(inf.clone());
+        }
         buf.clear();
         let status = inf.run(RUN, &mut buf).map_err(Stop::Corrupt)?;
         limits
@@ -217,9 +222,6 @@ fn decode_all(
         if resume.is_none() {
             if !buf.is_empty() {
                 out.push(Bytes::copy_from_slice(&buf));
-            }
-            if inf.out_total() >= HOLD as u64 {
-                *resume = Some(inf.clone());
             }
         } else {
             // Counting only: no cut will be made on this copy.
