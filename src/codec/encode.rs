@@ -104,6 +104,38 @@ fn give_back(wrap: Wrap, mut z: Compress) {
     }
 }
 
+/// Feed `input` to `z` with `flush` until it is all taken and, for a flush or
+/// the finish, until the stream has written everything out to `out`. Returns
+/// whether the stream ended.
+fn compress_into(
+    z: &mut Compress,
+    input: &[u8],
+    flush: FlushCompress,
+    out: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let mut taken = 0;
+    loop {
+        if out.capacity() - out.len() < 1024 {
+            out.reserve(CHUNK);
+        }
+        let before = z.total_in();
+        let status = z
+            .compress_vec(&input[taken..], out, flush)
+            .map_err(io::Error::other)?;
+        // `total_in` grows by at most `input.len()`, so this fits.
+        taken += (z.total_in() - before) as usize;
+        let room_left = out.len() < out.capacity();
+        match status {
+            Status::StreamEnd => return Ok(true),
+            _ if taken == input.len() && (flush == FlushCompress::None || room_left) => {
+                return Ok(false);
+            }
+            // More input to take, or the flush filled the buffer: again.
+            Status::Ok | Status::BufError => {}
+        }
+    }
+}
+
 /// gzip or zlib output at level 1 with a pooled stream, flushed (sync flush)
 /// whenever the input pauses so the page keeps streaming, as the
 /// async-compression encoders do for brotli and zstd.
@@ -131,33 +163,11 @@ impl Deflating {
         }
     }
 
-    /// Feed `input` with `flush` until it is all taken and, for a flush or the
-    /// finish, until the stream has written everything out. Returns whether
-    /// the stream ended.
+    /// Feed `input` with `flush` (see [`compress_into`]); whether the stream ended.
     fn run(&mut self, input: &[u8], flush: FlushCompress) -> io::Result<bool> {
-        let Some(z) = self.z.as_mut() else {
-            return Ok(true);
-        };
-        let mut taken = 0;
-        loop {
-            if self.out.capacity() - self.out.len() < 1024 {
-                self.out.reserve(CHUNK);
-            }
-            let before = z.total_in();
-            let status = z
-                .compress_vec(&input[taken..], &mut self.out, flush)
-                .map_err(io::Error::other)?;
-            // `total_in` grows by at most `input.len()`, so this fits.
-            taken += (z.total_in() - before) as usize;
-            let room_left = self.out.len() < self.out.capacity();
-            match status {
-                Status::StreamEnd => return Ok(true),
-                _ if taken == input.len() && (flush == FlushCompress::None || room_left) => {
-                    return Ok(false);
-                }
-                // More input to take, or the flush filled the buffer: again.
-                Status::Ok | Status::BufError => {}
-            }
+        match self.z.as_mut() {
+            Some(z) => compress_into(z, input, flush, &mut self.out),
+            None => Ok(true),
         }
     }
 
@@ -242,29 +252,13 @@ impl RawDeflate {
         }
     }
 
-    /// Feed `input` with `flush` until it is all taken and, for a flush or the
-    /// finish, until everything is written out.
     fn run(&mut self, input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
-        let Some(z) = self.z.as_mut() else { return };
-        let mut taken = 0;
-        loop {
-            if out.capacity() - out.len() < 1024 {
-                out.reserve(CHUNK);
-            }
-            let before = z.total_in();
-            // Compressing into a Vec with room fails only on misuse of the
-            // stream, which this type rules out; drop the stream if it does.
-            let Ok(status) = z.compress_vec(&input[taken..], out, flush) else {
-                self.z = None;
-                return;
-            };
-            taken += (z.total_in() - before) as usize;
-            let room_left = out.len() < out.capacity();
-            match status {
-                Status::StreamEnd => return,
-                _ if taken == input.len() && (flush == FlushCompress::None || room_left) => return,
-                Status::Ok | Status::BufError => {}
-            }
+        // Compressing into a Vec with room fails only on misuse of the
+        // stream, which this type rules out; the stream is dropped if it does.
+        if let Some(z) = self.z.as_mut()
+            && compress_into(z, input, flush, out).is_err()
+        {
+            self.z = None;
         }
     }
 
