@@ -377,9 +377,10 @@ impl Inflater {
         self.base + self.input.len() as u64
     }
 
-    /// Compressed bytes held (received, not yet released).
+    /// Compressed bytes decoded but held for the caller (not yet released);
+    /// input not yet decoded does not count.
     pub fn held(&self) -> usize {
-        self.input.len()
+        (self.bit / 8).saturating_sub(self.base) as usize
     }
 
     /// Whether the input ends cleanly here: every member complete.

@@ -285,6 +285,25 @@ fn kept_but_bfinal(out: &[u8], gz: &[u8]) -> bool {
     }
 }
 
+/// Input received but not yet decoded is not "held": a large page arriving
+/// in large frames is spliced whole, not cut and encoded again.
+#[tokio::test]
+async fn a_large_page_in_large_frames_keeps_the_upstreams_bytes() {
+    let page = html(1024 * 1024);
+    let gz = gzip(&page, 6, &[]);
+    let at = page.len() as u64 - 14;
+    for chunk in [64 * 1024, 256 * 1024, gz.len()] {
+        let out = splice(&gz, chunk, 0, InsertAt::new(at, TAG, false, 5)).await;
+        assert_eq!(decompress(Coding::Gzip, &out), expected(&page, at, TAG));
+        assert!(
+            kept_but_bfinal(&out, &gz),
+            "chunk {chunk}: {} vs {}",
+            out.len(),
+            gz.len()
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unchanged_page_goes_out_byte_for_byte() {
     let page = html(100_000);
