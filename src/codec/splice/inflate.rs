@@ -16,8 +16,11 @@
 //! distances past the start of the output, bad stored lengths, reserved header
 //! flags and CRC-32 or length mismatches in the trailer are errors.
 
+mod codes;
+
+use codes::{Bits, Codes, DIST_BASE, DIST_EXTRA, FIXED, LEN_BASE, LEN_EXTRA, dynamic_codes, need};
 use std::collections::VecDeque;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 /// Why the compressed data is not valid gzip.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,181 +38,6 @@ pub enum Status {
     MemberEnd,
 }
 
-/// Bits of the primary lookup tables.
-const LIT_BITS: u32 = 10;
-const DIST_BITS: u32 = 8;
-
-/// A decoded table entry: `value` in bits 0–15, bit count in 16–23, kind in 24–31.
-const SYMBOL: u32 = 0;
-const SUBTABLE: u32 = 1 << 24;
-const INVALID: u32 = 2 << 24;
-
-/// One Huffman code as lookup tables: a primary table indexed by the next
-/// `primary` bits (bit-reversed codes, as deflate sends them LSB first) and
-/// subtables for longer codes.
-struct Table {
-    primary_bits: u32,
-    entries: Vec<u32>,
-}
-
-impl Table {
-    /// The canonical code for `lens` (RFC 1951 §3.2.2). `lone_ok` allows the
-    /// one incomplete code zlib accepts: a single code of length 1.
-    fn build(lens: &[u8], primary_bits: u32, lone_ok: bool) -> Result<Table, Corrupt> {
-        let mut count = [0u16; 16];
-        for &l in lens {
-            count[usize::from(l)] += 1;
-        }
-        count[0] = 0;
-        let max = (1..16).rev().find(|&l| count[l] != 0).unwrap_or(0);
-        let mut left: i32 = 1;
-        for &c in &count[1..] {
-            left = (left << 1) - i32::from(c);
-            if left < 0 {
-                return Err(Corrupt("over-subscribed code"));
-            }
-        }
-        if left > 0 && max != 0 && !(lone_ok && max == 1) {
-            return Err(Corrupt("incomplete code"));
-        }
-        let mut next = [0u32; 16];
-        let mut code = 0u32;
-        for len in 1..16 {
-            code = (code + u32::from(count[len - 1])) << 1;
-            next[len] = code;
-        }
-        let size = 1usize << primary_bits;
-        let mut entries = vec![INVALID; size];
-        let sub_bits = (max as u32).saturating_sub(primary_bits);
-        // Subtable start per primary index, for codes longer than the primary bits.
-        let mut sub_start: Vec<u32> = Vec::new();
-        if sub_bits > 0 {
-            sub_start = vec![0; size];
-        }
-        for (sym, &len) in lens.iter().enumerate() {
-            if len == 0 {
-                continue;
-            }
-            let len = u32::from(len);
-            let code = next[len as usize];
-            next[len as usize] += 1;
-            let rev = code.reverse_bits() >> (32 - len);
-            let entry = sym as u32 | (len << 16) | SYMBOL;
-            if len <= primary_bits {
-                let mut i = rev as usize;
-                while i < size {
-                    entries[i] = entry;
-                    i += 1 << len;
-                }
-            } else {
-                let low = (rev & ((1 << primary_bits) - 1)) as usize;
-                if sub_start[low] == 0 {
-                    sub_start[low] = entries.len() as u32;
-                    entries[low] = sub_start[low] | (sub_bits << 16) | SUBTABLE;
-                    entries.resize(entries.len() + (1 << sub_bits), INVALID);
-                }
-                let base = sub_start[low] as usize;
-                let step = 1usize << (len - primary_bits);
-                let mut i = (rev >> primary_bits) as usize;
-                while i < 1 << sub_bits {
-                    entries[base + i] = entry;
-                    i += step;
-                }
-            }
-        }
-        Ok(Table {
-            primary_bits,
-            entries,
-        })
-    }
-
-    /// The entry for the next bits: `(symbol, code length)`, or `None` for a
-    /// bit pattern that is no code.
-    #[inline(always)]
-    fn decode(&self, bits: u64) -> Option<(u32, u32)> {
-        let mask = (1u64 << self.primary_bits) - 1;
-        let mut e = self.entries[(bits & mask) as usize];
-        if e & SUBTABLE != 0 && e & INVALID == 0 {
-            let sub_bits = (e >> 16) & 0xff;
-            let i = (bits >> self.primary_bits) & ((1u64 << sub_bits) - 1);
-            e = self.entries[(e & 0xffff) as usize + i as usize];
-        }
-        (e & INVALID == 0).then_some((e & 0xffff, (e >> 16) & 0xff))
-    }
-}
-
-/// The codes of one Huffman block, and its end-of-block code for closing the
-/// block early when splicing.
-pub struct Codes {
-    lit: Table,
-    dist: Table,
-    /// The end-of-block code as it goes on the wire (LSB first), and its length.
-    pub eob: (u64, u32),
-}
-
-impl Codes {
-    fn new(lit_lens: &[u8], dist_lens: &[u8]) -> Result<Codes, Corrupt> {
-        if lit_lens.get(256).copied().unwrap_or(0) == 0 {
-            return Err(Corrupt("no end-of-block code"));
-        }
-        // As zlib: a lone one-bit code is allowed for both (a block of
-        // nothing but its end, a block with one distance).
-        let lit = Table::build(lit_lens, LIT_BITS, true)?;
-        let dist = Table::build(dist_lens, DIST_BITS, true)?;
-        // Canonical code of symbol 256: recomputed rather than kept per symbol.
-        let mut count = [0u32; 16];
-        for &l in lit_lens {
-            count[usize::from(l)] += 1;
-        }
-        count[0] = 0;
-        let len = u32::from(lit_lens[256]);
-        let mut code = 0u32;
-        for l in 1..len {
-            code = (code + count[l as usize]) << 1;
-        }
-        code += lit_lens[..256]
-            .iter()
-            .filter(|&&l| u32::from(l) == len)
-            .count() as u32;
-        let code = u64::from(code.reverse_bits() >> (32 - len));
-        Ok(Codes {
-            lit,
-            dist,
-            eob: (code, len),
-        })
-    }
-}
-
-static FIXED: LazyLock<Arc<Codes>> = LazyLock::new(|| {
-    let mut lit = [8u8; 288];
-    lit[144..256].fill(9);
-    lit[256..280].fill(7);
-    // 32 codes: 30 and 31 are in the code but invalid as distances.
-    let dist = [5u8; 32];
-    // The fixed code is complete and has an end-of-block code.
-    Arc::new(Codes::new(&lit, &dist).unwrap_or_else(|e| unreachable!("fixed code: {e}")))
-});
-
-const LEN_BASE: [u16; 29] = [
-    3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131,
-    163, 195, 227, 258,
-];
-const LEN_EXTRA: [u8; 29] = [
-    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
-];
-const DIST_BASE: [u16; 30] = [
-    1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
-    2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577,
-];
-const DIST_EXTRA: [u8; 30] = [
-    0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13,
-    13,
-];
-/// Order of the code length code lengths (RFC 1951 §3.2.7).
-const CL_ORDER: [usize; 19] = [
-    16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
-];
-
 /// The deflate window: matches reach at most this far back.
 const WINDOW: usize = 32 * 1024;
 
@@ -222,23 +50,23 @@ const SLACK: usize = 258 + 16;
 
 /// A block being decoded.
 #[derive(Clone)]
-pub struct Block {
+struct Block {
     /// Bit position of the block's 3-bit header (its first bit is BFINAL).
-    pub header_bit: u64,
+    header_bit: u64,
     /// Uncompressed offset where the block's data starts.
-    pub start_out: u64,
-    pub last: bool,
+    start_out: u64,
+    last: bool,
     /// `None` for a stored block.
-    pub codes: Option<Arc<Codes>>,
+    codes: Option<Arc<Codes>>,
 }
 
 /// A position the decoder was at: a symbol boundary inside `block`, or a
 /// block header when `block` is `None`.
 #[derive(Clone)]
-pub struct Checkpoint {
-    pub bit: u64,
-    pub out: u64,
-    pub block: Option<Block>,
+struct Checkpoint {
+    bit: u64,
+    out: u64,
+    block: Option<Block>,
 }
 
 /// Where to cut the stream for an uncompressed offset.
@@ -267,46 +95,6 @@ enum State {
     /// Bytes after the last member that are no gzip header: ignored, as
     /// zlib's `gunzip` and browsers do with trailing garbage.
     Trailing,
-}
-
-/// The bit cursor, in a form the decoding loop keeps in registers.
-struct Bits {
-    /// Index of the next input byte not yet in `buf`.
-    ip: usize,
-    buf: u64,
-    n: u32,
-}
-
-impl Bits {
-    #[inline(always)]
-    fn refill(&mut self, input: &[u8]) {
-        if let Some(word) = input.get(self.ip..self.ip + 8) {
-            let w = u64::from_le_bytes([
-                word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
-            ]);
-            // Bits above `n` may already hold some of these bytes (from the
-            // last refill): the same bits, so OR-ing them again is harmless,
-            // and nothing reads past `n` but a lookup whose length is checked.
-            self.buf |= w << self.n;
-            let take = (63 - self.n) / 8;
-            self.ip += take as usize;
-            self.n += take * 8;
-        } else {
-            while self.n <= 56 && self.ip < input.len() {
-                self.buf |= u64::from(input[self.ip]) << self.n;
-                self.ip += 1;
-                self.n += 8;
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn take(&mut self, n: u32) -> u64 {
-        let v = self.buf & ((1u64 << n) - 1);
-        self.buf >>= n;
-        self.n -= n;
-        v
-    }
 }
 
 #[derive(Clone)]
@@ -973,86 +761,4 @@ fn gzip_header_len(h: &[u8]) -> Result<Option<usize>, Corrupt> {
         at += 2;
     }
     Ok((at <= h.len()).then_some(at))
-}
-
-/// The next `n` bits, or `None` if the input ends first.
-fn need(b: &mut Bits, input: &[u8], n: u32) -> Option<u64> {
-    if b.n < n {
-        b.refill(input);
-        if b.n < n {
-            return None;
-        }
-    }
-    Some(b.take(n))
-}
-
-/// A dynamic block's codes, or `None` if the input ends inside them.
-fn dynamic_codes(b: &mut Bits, input: &[u8]) -> Result<Option<Codes>, Corrupt> {
-    macro_rules! bits {
-        ($n:expr) => {
-            match need(b, input, $n) {
-                Some(v) => v as usize,
-                None => return Ok(None),
-            }
-        };
-    }
-    let hlit = bits!(5) + 257;
-    let hdist = bits!(5) + 1;
-    let hclen = bits!(4) + 4;
-    if hlit > 286 || hdist > 30 {
-        return Err(Corrupt("too many length or distance codes"));
-    }
-    let mut cl_lens = [0u8; 19];
-    for &i in &CL_ORDER[..hclen] {
-        cl_lens[i] = bits!(3) as u8;
-    }
-    let cl = Table::build(&cl_lens, 7, false)?;
-    let mut lens = [0u8; 286 + 30];
-    let mut i = 0;
-    while i < hlit + hdist {
-        // A code length code is at most 7 bits: one lookup.
-        if b.n < 7 {
-            b.refill(input);
-        }
-        let Some((sym, len)) = cl.decode(b.buf) else {
-            if b.n >= 7 {
-                return Err(Corrupt("invalid code length code"));
-            }
-            return Ok(None);
-        };
-        if len > b.n {
-            return Ok(None);
-        }
-        b.take(len);
-        match sym {
-            0..=15 => {
-                lens[i] = sym as u8;
-                i += 1;
-            }
-            16 => {
-                let Some(&prev) = i.checked_sub(1).and_then(|p| lens.get(p)) else {
-                    return Err(Corrupt("repeat with no previous length"));
-                };
-                let n = 3 + bits!(2);
-                if i + n > hlit + hdist {
-                    return Err(Corrupt("code lengths overflow"));
-                }
-                lens[i..i + n].fill(prev);
-                i += n;
-            }
-            17 | 18 => {
-                let n = if sym == 17 {
-                    3 + bits!(3)
-                } else {
-                    11 + bits!(7)
-                };
-                if i + n > hlit + hdist {
-                    return Err(Corrupt("code lengths overflow"));
-                }
-                i += n;
-            }
-            _ => return Err(Corrupt("invalid code length code")),
-        }
-    }
-    Codes::new(&lens[..hlit], &lens[hlit..hlit + hdist]).map(Some)
 }
