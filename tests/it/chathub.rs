@@ -943,6 +943,11 @@ async fn no_secret_reaches_logs_or_errors() {
     // reqwest logs through `log`; forward it (the current thread's subscriber gets it).
     let _ = tracing_log::LogTracer::init();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Tests on other threads may have hit the client's callsites while no
+    // subscriber wanted them, and tracing caches that per callsite: recompute
+    // it now that this thread's subscriber exists (the full suite once missed
+    // the "logging in" line this way).
+    tracing::callsite::rebuild_interest_cache();
 
     let op_token = jwt(serde_json::json!({"operator_id": 21, "exp": 4_102_444_800_i64}));
     let op = op_token.clone();
