@@ -32,7 +32,7 @@ pub const RATIO_GRACE_BYTES: u64 = 1024 * 1024;
 
 /// Compressed bytes the prefix check keeps for a byte-identical pass-through.
 /// The check ends once this much has been read.
-const PREFIX_KEEP: usize = 64 * 1024;
+pub(super) const PREFIX_KEEP: usize = 64 * 1024;
 
 /// Decoded bytes the prefix check holds for the client instead of decoding
 /// them a second time; beyond this it only counts and re-decodes afterwards.
@@ -291,7 +291,7 @@ async fn sniff_deflate(mut body: Body) -> (Kind, Body) {
 /// The upstream body as a byte stream for a decoder: counts what it reads,
 /// keeps a copy during the prefix check, and remembers an upstream failure so
 /// it is not mistaken for corrupt data.
-struct Source {
+pub(super) struct Source {
     body: Body,
     /// Copies of every chunk read, while the prefix check may still refuse.
     kept: Option<Vec<Bytes>>,
@@ -307,7 +307,7 @@ struct Source {
 }
 
 impl Source {
-    fn new(body: Body, keep: bool) -> Self {
+    pub(super) fn new(body: Body, keep: bool) -> Self {
         Source {
             body,
             kept: keep.then(Vec::new),
@@ -322,7 +322,7 @@ impl Source {
 
     /// The prefix check ends when the upstream pauses after sending something,
     /// or when the keep budget is spent.
-    fn prefix_done(&self) -> bool {
+    pub(super) fn prefix_done(&self) -> bool {
         self.capped || (self.pending && self.raw > 0)
     }
 
@@ -333,7 +333,13 @@ impl Source {
     }
 
     /// The body exactly as the upstream sent it: the kept chunks, then the rest.
-    fn into_original(self) -> Body {
+    /// The rest of the body, once the prefix is accepted (what was kept is
+    /// dropped: the caller decoded it).
+    pub(super) fn into_rest(self) -> Body {
+        self.body
+    }
+
+    pub(super) fn into_original(self) -> Body {
         let head = self.kept.unwrap_or_default().into();
         crate::body::boxed(Replay::new(head, None, self.body))
     }
@@ -553,14 +559,14 @@ impl HttpBody for Decoded {
 
 /// Chunks already read from a body put back in front of it, optionally
 /// followed by an error that was read with them (and then nothing else).
-pub(super) struct Replay {
+struct Replay {
     head: VecDeque<Bytes>,
     error: Option<BoxError>,
     rest: Body,
 }
 
 impl Replay {
-    pub(super) fn new(head: VecDeque<Bytes>, error: Option<BoxError>, rest: Body) -> Self {
+    fn new(head: VecDeque<Bytes>, error: Option<BoxError>, rest: Body) -> Self {
         Replay { head, error, rest }
     }
 }

@@ -30,10 +30,11 @@ mod inflate;
 #[cfg(test)]
 mod tests;
 
-use super::decode::{DecodeError, DecodeLimits, Refusal, Refused, Replay};
+use super::decode::{DecodeError, DecodeLimits, Refusal, Refused, Source};
 use super::encode::{RawDeflate, stored_block};
 use crate::body::{Body, BoxError};
 use bytes::Bytes;
+use futures_util::Stream;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use inflate::{Inflater, Status};
 use std::collections::VecDeque;
@@ -46,9 +47,6 @@ pub use inflate::Corrupt;
 
 /// Decoded bytes per [`Inflater::run`]: the rewriter's input chunk.
 const RUN: usize = 16 * 1024;
-
-/// Compressed bytes the prefix check reads before committing to the splice.
-const PREFIX_KEEP: usize = 64 * 1024;
 
 /// Decoded bytes the prefix check holds for the rewriter.
 const HOLD: usize = 64 * 1024;
@@ -120,9 +118,10 @@ pub struct Checked {
 /// Read the start of a gzip body and decode it, as the prefix check of
 /// [`super::decode_checked`] does: invalid data or a limit hit there hands the
 /// body back as received, before any header is committed.
-pub async fn check(mut upstream: Body, limits: DecodeLimits) -> Result<Checked, Refused> {
-    let mut kept: VecDeque<Bytes> = VecDeque::new();
-    let mut kept_len = 0;
+pub async fn check(upstream: Body, limits: DecodeLimits) -> Result<Checked, Refused> {
+    // The same source as decode_checked's: it keeps what it reads (at most
+    // 64 KiB) for a refusal, and says when the upstream paused.
+    let mut src = Source::new(upstream, true);
     let mut inf = Inflater::new();
     let mut decoded = Vec::new();
     // Past HOLD decoded bytes the check goes on counting only; the body
@@ -131,59 +130,57 @@ pub async fn check(mut upstream: Body, limits: DecodeLimits) -> Result<Checked, 
     let mut resume: Option<Inflater> = None;
     let mut failed = None;
     let mut upstream_done = false;
-    let refuse = |kept: VecDeque<Bytes>, upstream: Body, why| Refused {
-        body: crate::body::boxed(Replay::new(kept, None, upstream)),
-        why,
-    };
-    while kept_len < PREFIX_KEEP {
-        let next = poll_fn(|cx| match Pin::new(&mut upstream).poll_frame(cx) {
-            Poll::Pending if kept_len > 0 => Poll::Ready(None),
+    loop {
+        let next = poll_fn(|cx| match Pin::new(&mut src).poll_next(cx) {
+            Poll::Pending if src.prefix_done() => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => Poll::Ready(Some(r)),
         })
         .await;
         let data = match next {
-            None => break, // paused after sending something
+            None => break, // paused after sending something, or the keep budget spent
             Some(None) => {
                 upstream_done = true;
                 break;
             }
             Some(Some(Err(e))) => {
-                failed = Some(e);
+                failed = Some(Box::new(DecodeError::Upstream(e)) as BoxError);
                 break;
             }
-            Some(Some(Ok(frame))) => match frame.into_data() {
-                Ok(d) if !d.is_empty() => d,
-                _ => continue,
-            },
+            Some(Some(Ok(data))) => data,
         };
-        kept_len += data.len();
         inf.push(&data);
         if let Some(r) = &mut resume {
             r.push(&data);
         }
-        kept.push_back(data);
-        match decode_all(&mut inf, limits, &mut decoded, &mut resume) {
-            Ok(()) => {}
+        let why = match decode_all(&mut inf, limits, &mut decoded, &mut resume) {
+            Ok(()) => continue,
             Err(Stop::Corrupt(e)) => {
                 tracing::debug!(reason = "corrupt_encoding", error = %e, "passing compressed page through");
-                return Err(refuse(kept, upstream, Refusal::Corrupt));
+                Refusal::Corrupt
             }
             Err(Stop::Limit(e)) => {
                 tracing::debug!(reason = "decompression_limit", error = %e, "passing compressed page through");
-                return Err(refuse(kept, upstream, Refusal::Limit));
+                Refusal::Limit
             }
-        }
+        };
+        return Err(Refused {
+            body: src.into_original(),
+            why,
+        });
     }
     if upstream_done && failed.is_none() && !inf.at_member_end() {
         tracing::debug!(
             reason = "corrupt_encoding",
             "gzip body ends early; passing it through"
         );
-        return Err(refuse(kept, upstream, Refusal::Corrupt));
+        return Err(Refused {
+            body: src.into_original(),
+            why: Refusal::Corrupt,
+        });
     }
     Ok(Checked {
-        upstream,
+        upstream: src.into_rest(),
         inf: resume.unwrap_or(inf),
         limits,
         decoded,

@@ -330,22 +330,12 @@ impl Inflater {
     /// stops at the end-of-block code, or where the input ends.
     fn walk(&self, codes: &Codes, bit: u64, mut out: u64, x: u64) -> (u64, u64) {
         let input = &self.input;
-        let start = ((bit / 8) - self.base) as usize;
-        let mut b = Bits {
-            ip: start,
-            buf: 0,
-            n: 0,
-        };
-        b.refill(input);
-        let skip = (bit % 8) as u32;
-        if b.n < skip {
+        let Some(mut b) = Bits::at(input, self.base, bit) else {
             return (bit, out);
-        }
-        b.take(skip);
-        let pos = |b: &Bits| (self.base + b.ip as u64) * 8 - u64::from(b.n);
+        };
         loop {
             b.refill(input);
-            let here = pos(&b);
+            let here = b.pos(self.base);
             let Some((sym, len)) = codes.lit.decode(b.buf) else {
                 return (here, out);
             };
@@ -593,15 +583,11 @@ impl Inflater {
     /// `None` if the input ends inside it.
     fn block_header(&mut self) -> Result<Option<Block>, Corrupt> {
         let input = &self.input;
-        let start = ((self.bit / 8) - self.base) as usize;
-        let mut b = Bits {
-            ip: start,
-            buf: 0,
-            n: 0,
-        };
         let header_bit = self.bit;
-        let skip = (self.bit % 8) as u32;
-        let Some(h) = need(&mut b, input, skip).and_then(|_| need(&mut b, input, 3)) else {
+        let Some(mut b) = Bits::at(input, self.base, self.bit) else {
+            return Ok(None);
+        };
+        let Some(h) = need(&mut b, input, 3) else {
             return Ok(None);
         };
         let last = h & 1 == 1;
@@ -616,7 +602,7 @@ impl Inflater {
             }
             _ => return Err(Corrupt("reserved block type")),
         };
-        self.bit = (self.base + b.ip as u64) * 8 - u64::from(b.n);
+        self.bit = b.pos(self.base);
         Ok(Some(Block {
             header_bit,
             start_out: self.out_now(),
@@ -628,18 +614,11 @@ impl Inflater {
     /// Decode symbols until the end-of-block code (`None`), or stop with a status.
     fn huffman(&mut self, codes: &Codes, stop: usize) -> Result<Option<Status>, Corrupt> {
         let input = &self.input;
-        let start = ((self.bit / 8) - self.base) as usize;
-        let mut b = Bits {
-            ip: start,
-            buf: 0,
-            n: 0,
-        };
-        b.refill(input);
-        let skip = (self.bit % 8) as u32;
-        // At least one byte is held for a symbol that starts in it.
-        b.take(skip.min(b.n));
         let base = self.base;
-        let pos_bits = |b: &Bits| (base + b.ip as u64) * 8 - u64::from(b.n);
+        // Not even the byte a symbol starts in is here yet.
+        let Some(mut b) = Bits::at(input, base, self.bit) else {
+            return Ok(Some(Status::NeedInput));
+        };
         // Output goes into a buffer sized up front (then cut back), so that
         // literals are single stores and matches fixed-size copies.
         let window = &mut self.window;
@@ -721,7 +700,7 @@ impl Inflater {
             pos += length;
         };
         window.truncate(pos);
-        self.bit = pos_bits(&b);
+        self.bit = b.pos(base);
         Ok(result)
     }
 }

@@ -4,6 +4,7 @@
 use super::inflate::{Corrupt, Inflater, Status};
 use super::*;
 use crate::codec::Coding;
+use crate::codec::decode::PREFIX_KEEP;
 use crate::codec::testing::{Step, collect, decompress, html, scripted};
 use bytes::{Bytes, BytesMut};
 use flate2::Compression;
@@ -211,16 +212,18 @@ fn expected(page: &[u8], at: u64, snippet: &[u8]) -> Vec<u8> {
     [&page[..at], snippet, &page[at..]].concat()
 }
 
+/// No decompression limits: these tests are about splicing.
+const UNLIMITED: DecodeLimits = DecodeLimits {
+    max_bytes: u64::MAX,
+    max_ratio: u64::MAX,
+};
+
 const TAG: &[u8] = b"<script type=\"module\" id=\"operator-chat-panel-script\" src=\"https://widget.example/w.js\" token=\"abc.def.ghi\"></script>";
 
 async fn splice(gz: &[u8], chunk: usize, pause_every: usize, rw: InsertAt) -> Vec<u8> {
     let steps = crate::codec::testing::chunked(gz, chunk, pause_every);
     let (body, _) = scripted(steps);
-    let limits = DecodeLimits {
-        max_bytes: u64::MAX,
-        max_ratio: u64::MAX,
-    };
-    let Ok(checked) = check(body, limits).await else {
+    let Ok(checked) = check(body, UNLIMITED).await else {
         panic!("prefix check refused a valid body");
     };
     let got = collect(checked.into_body(rw)).await;
@@ -256,11 +259,7 @@ async fn a_prefix_that_decodes_to_more_than_it_holds_is_decoded_again() {
     assert!(gz.len() < PREFIX_KEEP, "{} compressed bytes", gz.len());
     // The check holds at most HOLD (and one run) of it.
     let (body, _) = scripted(vec![Step::Data(Bytes::from(gz.clone()))]);
-    let limits = DecodeLimits {
-        max_bytes: u64::MAX,
-        max_ratio: u64::MAX,
-    };
-    let Ok(checked) = check(body, limits).await else {
+    let Ok(checked) = check(body, UNLIMITED).await else {
         panic!("refused");
     };
     let held: usize = checked.decoded.iter().map(Bytes::len).sum();
@@ -363,11 +362,7 @@ async fn corrupt_data_in_the_prefix_is_refused_and_handed_back() {
     let n = gz.len();
     gz[n - 7] ^= 0x40;
     let (body, _) = scripted(vec![Step::Data(Bytes::from(gz.clone()))]);
-    let limits = DecodeLimits {
-        max_bytes: u64::MAX,
-        max_ratio: u64::MAX,
-    };
-    let Err(refused) = check(body, limits).await else {
+    let Err(refused) = check(body, UNLIMITED).await else {
         panic!("corrupt body accepted");
     };
     assert_eq!(refused.why, Refusal::Corrupt);

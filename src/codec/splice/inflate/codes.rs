@@ -190,6 +190,28 @@ pub(super) struct Bits {
 }
 
 impl Bits {
+    /// A cursor at absolute bit `bit` of `input`, whose first byte is
+    /// absolute byte `base`; `None` if the byte holding that bit is not there.
+    pub(super) fn at(input: &[u8], base: u64, bit: u64) -> Option<Bits> {
+        let mut b = Bits {
+            ip: (bit / 8 - base) as usize,
+            buf: 0,
+            n: 0,
+        };
+        b.refill(input);
+        let skip = (bit % 8) as u32;
+        if b.n < skip {
+            return None;
+        }
+        b.take(skip);
+        Some(b)
+    }
+
+    /// The absolute bit position of the cursor (see [`Bits::at`]).
+    pub(super) fn pos(&self, base: u64) -> u64 {
+        (base + self.ip as u64) * 8 - u64::from(self.n)
+    }
+
     #[inline(always)]
     pub(super) fn refill(&mut self, input: &[u8]) {
         if let Some(word) = input.get(self.ip..self.ip + 8) {
