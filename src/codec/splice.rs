@@ -169,7 +169,8 @@ pub async fn check(upstream: Body, limits: DecodeLimits) -> Result<Checked, Refu
             why,
         });
     }
-    if upstream_done && failed.is_none() && !inf.at_member_end() {
+    // (Another member left undecoded is for the body: it cuts in front of it.)
+    if upstream_done && failed.is_none() && !inf.at_member_end() && !inf.has_input_past_member() {
         tracing::debug!(
             reason = "corrupt_encoding",
             "gzip body ends early; passing it through"

@@ -450,6 +450,11 @@ impl Inflater {
                         self.state = State::Trailing;
                         continue;
                     }
+                    if self.tracking {
+                        // Cuts cannot reach across members: the caller cuts
+                        // here (and stops tracking) before another starts.
+                        return Ok(Status::NeedInput);
+                    }
                     self.state = State::GzipHeader;
                 }
                 State::Trailing => {

@@ -331,12 +331,14 @@ async fn a_second_member_is_cut_in_front_of() {
     let gz = [gzip(&a, 6, &[]), gzip(&b, 1, &[])].concat();
     let page = [a, b].concat();
     for at in [10, 39_990, 40_000, 50_000, 70_000] {
-        for chunk in [100, 50_000, gz.len()] {
-            let out = splice(&gz, chunk, 1, InsertAt::new(at, TAG, false, 7)).await;
+        // Pausing after every chunk, and never (the second member then
+        // arrives during the prefix check).
+        for (chunk, pause) in [(100, 1), (100, 0), (50_000, 1), (gz.len(), 1)] {
+            let out = splice(&gz, chunk, pause, InsertAt::new(at, TAG, false, 7)).await;
             assert_eq!(
                 decompress(Coding::Gzip, &out),
                 expected(&page, at, TAG),
-                "at {at}, chunk {chunk}"
+                "at {at}, chunk {chunk}, pause {pause}"
             );
         }
     }
