@@ -94,6 +94,7 @@ fn plan() -> RewritePlan {
         script_id: "operator-chat-panel-script".into(),
         encoding: None,
         max_memory: 4 << 20,
+        fallback: None,
     }
 }
 

@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             script_id: "operator-chat-panel-script".into(),
             encoding: None,
             max_memory: 4 << 20,
+            fallback: None,
         };
         let mut out = rewrite::rewrite(input, plan, metrics.clone());
         let mut cx = Context::from_waker(Waker::noop());

@@ -105,7 +105,7 @@ impl Metrics {
         );
         registry.register(
             "inject",
-            "HTML responses by outcome (injected/skipped) and reason",
+            "HTML responses by outcome (injected/fallback/skipped) and reason",
             inject.clone(),
         );
         registry.register(
@@ -165,10 +165,21 @@ impl Metrics {
 
     /// Count a page that got the widget.
     pub fn injected(&self) {
+        self.inserted(None);
+    }
+
+    /// Count a page that got its snippet: the widget (`fallback` is `None`),
+    /// or the fallback contact block in its place, labelled with why the
+    /// widget could not go in. Each page is counted under one outcome only.
+    pub fn inserted(&self, fallback: Option<&'static str>) {
+        let (outcome, reason) = match fallback {
+            None => ("injected", ""),
+            Some(reason) => ("fallback", reason),
+        };
         self.inject
             .get_or_create(&OutcomeLabels {
-                outcome: "injected".into(),
-                reason: "".into(),
+                outcome: outcome.into(),
+                reason: reason.into(),
             })
             .inc();
     }

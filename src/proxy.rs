@@ -336,6 +336,7 @@ async fn handle_inner(
     inject::rewrite_response_headers(&mut rparts.headers);
     inject::set_output_coding(&mut rparts.headers, out);
     let mut page_csp = None;
+    let mut fallback = None;
     let snippet: Arc<str> = match insert {
         Insert::Widget(issued, csp_plan) => {
             mark(&mut rparts.headers, cfg, Ok(()));
@@ -352,7 +353,9 @@ async fn handle_inner(
             snippet
         }
         Insert::Fallback(skip) => {
-            state.metrics.skipped(skip.reason());
+            // Counted by the rewriter as `fallback` once the block is in
+            // (a page it cannot take is counted as skipped there instead).
+            fallback = Some(skip.reason());
             mark(&mut rparts.headers, cfg, Err(skip));
             cfg.inject
                 .fallback_html
@@ -372,6 +375,7 @@ async fn handle_inner(
         script_id: cfg.inject.script_id.as_str().into(),
         encoding: info.encoding,
         max_memory: cfg.inject.max_rewriter_memory,
+        fallback,
     };
     let metrics = state.metrics.clone();
     let body = match decoded {

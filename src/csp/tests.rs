@@ -411,6 +411,7 @@ async fn rewrite_page(html: &str, page: PageCsp) -> (String, Arc<crate::metrics:
         script_id: "operator-chat-panel-script".into(),
         encoding: None,
         max_memory: 1 << 20,
+        fallback: None,
     };
     let body = crate::rewrite::rewrite_with_csp(
         crate::body::full(html.to_owned()),

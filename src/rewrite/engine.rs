@@ -65,6 +65,7 @@ struct Decision {
     templates: AtomicUsize,
     snippet: Arc<str>,
     script_id: Arc<str>,
+    fallback: Option<&'static str>,
     metrics: SharedMetrics,
     /// CSP policies and nonces read from the page, when the proxy asked for it.
     page: Option<PageScan>,
@@ -77,7 +78,7 @@ impl Decision {
             return false;
         }
         match outcome {
-            Outcome::Injected => self.metrics.injected(),
+            Outcome::Injected => self.metrics.inserted(self.fallback),
             Outcome::Skipped(reason) => {
                 tracing::debug!(reason, "widget not inserted");
                 self.metrics.skipped(reason);
@@ -248,6 +249,8 @@ pub(super) struct EngineParams<'a> {
     pub snippet: &'a Arc<str>,
     pub script_id: &'a Arc<str>,
     pub max_memory: usize,
+    /// The snippet stands in for the widget, for this reason (counted so).
+    pub fallback: Option<&'static str>,
     pub metrics: &'a SharedMetrics,
     pub hook: SettingsHook,
     /// Judge the page's own `<meta>` CSP and nonces (see [`crate::csp::PageCsp`]).
@@ -262,6 +265,7 @@ impl Engine {
             templates: AtomicUsize::new(0),
             snippet: params.snippet.clone(),
             script_id: params.script_id.clone(),
+            fallback: params.fallback,
             metrics: params.metrics.clone(),
             page: params
                 .csp

@@ -45,6 +45,10 @@ pub struct RewritePlan {
     pub encoding: Option<&'static encoding_rs::Encoding>,
     /// Upper bound for the rewriter's own buffers.
     pub max_memory: usize,
+    /// `Some(reason)` when the snippet is the fallback contact block standing
+    /// in for the widget: the page is then counted as `fallback` with that
+    /// reason once the block goes in, not as `injected`.
+    pub fallback: Option<&'static str>,
 }
 
 /// Wrap an (already decoded) HTML body so that it comes out with the snippet in it.
@@ -273,7 +277,7 @@ impl RewriteBody {
                 let queued = &mut self.queued;
                 f.scanner
                     .finish(&f.plan.snippet, &mut |b| queued.push_back(Frame::data(b)));
-                self.metrics.injected();
+                self.metrics.inserted(f.plan.fallback);
             }
             _ => {}
         }
@@ -321,6 +325,7 @@ impl RewriteBody {
             snippet: &plan.snippet,
             script_id: &plan.script_id,
             max_memory: plan.max_memory,
+            fallback: plan.fallback,
             metrics: &self.metrics,
             hook,
             csp: self.csp.clone(),
@@ -338,10 +343,11 @@ impl RewriteBody {
         let step = f.scanner.feed(data, &f.plan.snippet, &mut |b| {
             queued.push_back(Frame::data(b))
         });
+        let fallback = f.plan.fallback;
         let (replay, rest) = match step {
             fast::Step::More => return None,
             fast::Step::Injected => {
-                self.metrics.injected();
+                self.metrics.inserted(fallback);
                 self.stage = Stage::Pass;
                 return None;
             }

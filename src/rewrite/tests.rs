@@ -18,6 +18,7 @@ fn plan() -> RewritePlan {
         script_id: ID.into(),
         encoding: None,
         max_memory: 4 << 20,
+        fallback: None,
     }
 }
 
@@ -495,6 +496,7 @@ fn nothing_after_the_insertion_point_is_parsed() {
     page.extend_from_slice(b"\"></script></html>");
     let plan = RewritePlan {
         max_memory: 128 * 1024,
+        fallback: None,
         ..plan()
     };
     for size in [10_000, 1 << 20] {
@@ -735,6 +737,7 @@ fn stream_generated(total: usize, fast: bool) {
     let max_memory = 256 * 1024;
     let plan = RewritePlan {
         max_memory,
+        fallback: None,
         ..plan()
     };
     let upstream = crate::body::boxed(upstream);

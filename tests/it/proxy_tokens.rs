@@ -372,6 +372,23 @@ async fn fail_open(fault: Fault) {
         let reason = skip_reason(&got).unwrap_or_default();
         assert!(allowed.contains(&reason.as_str()), "{fault:?}: {reason}");
     }
+    // Each fallback page is counted once, as `fallback` with the reason: not
+    // also as `injected`, nor as `skipped`.
+    let outcomes = inject_outcomes(&fb.metrics.render());
+    let fallbacks: f64 = allowed
+        .iter()
+        .filter_map(|r| outcomes.get(&("fallback".to_owned(), (*r).to_owned())))
+        .sum();
+    assert_eq!(fallbacks, 4.0, "{fault:?}: {outcomes:?}");
+    assert_eq!(
+        outcomes.get(&("injected".to_owned(), String::new())),
+        Some(&1.0),
+        "{fault:?}: only the warm page got the widget: {outcomes:?}"
+    );
+    assert!(
+        !outcomes.keys().any(|(o, _)| o == "skipped"),
+        "{fault:?}: {outcomes:?}"
+    );
     // The cached session is not affected.
     assert_eq!(injected(&load(&pc, Some(&warm)).await), warm_token);
 
@@ -922,4 +939,19 @@ async fn secrets_scenario_body() -> Vec<String> {
     }
     emu.set_fault(Fault::None);
     secrets
+}
+
+/// `chathub_proxy_inject_total` by (outcome, reason), from Prometheus text.
+fn inject_outcomes(text: &str) -> std::collections::HashMap<(String, String), f64> {
+    let label = |l: &str, key: &str| {
+        let from = l.find(&format!("{key}=\"")).map(|i| i + key.len() + 2)?;
+        Some(l[from..][..l[from..].find('"')?].to_owned())
+    };
+    text.lines()
+        .filter(|l| l.starts_with("chathub_proxy_inject_total{"))
+        .filter_map(|l| {
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some(((label(l, "outcome")?, label(l, "reason")?), value))
+        })
+        .collect()
 }
