@@ -205,21 +205,21 @@ fn decode_all(
     out: &mut Vec<Bytes>,
     resume: &mut Option<Inflater>,
 ) -> Result<(), Stop> {
-    let mut buf = Vec::new();
     loop {
         // Only when there is more to decode: a page that ends within HOLD
         // needs no copy.
         if resume.is_none() && inf.out_total() >= HOLD as u64 {
             *resume = Some(inf.clone());
         }
-        buf.clear();
+        // A buffer per run, handed on as it is (not copied into a `Bytes`).
+        let mut buf = Vec::new();
         let status = inf.run(RUN, &mut buf).map_err(Stop::Corrupt)?;
         limits
             .check(inf.out_total(), inf.in_total())
             .map_err(Stop::Limit)?;
         if resume.is_none() {
             if !buf.is_empty() {
-                out.push(Bytes::copy_from_slice(&buf));
+                out.push(Bytes::from(buf));
             }
         } else {
             // Counting only: no cut will be made on this copy.
