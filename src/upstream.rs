@@ -34,8 +34,12 @@ impl Upstream {
         http.set_nodelay(true);
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()?
+        let https = if cfg.extra_roots.is_empty() {
+            hyper_rustls::HttpsConnectorBuilder::new().with_native_roots()?
+        } else {
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config(cfg)?)
+        };
+        let https = https
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -75,4 +79,24 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::unpooled)),
         }
     }
+}
+
+/// TLS for `https` upstreams with `upstream.ca_file`: the system's roots (as
+/// without it, where there are any) and the file's certificates.
+fn tls_config(cfg: &UpstreamConfig) -> std::io::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped, as hyper-rustls does; the
+    // file's own certificates are enough for the upstreams that need them.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    for cert in &cfg.extra_roots {
+        roots.add(cert.clone()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("upstream.ca_file: a certificate is not usable as a root: {e}"),
+            )
+        })?;
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

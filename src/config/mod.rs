@@ -82,6 +82,8 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Trusted for `https` upstreams besides the system's roots (`ca_file`).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// An inclusive range of HTTP status codes eligible for injection.

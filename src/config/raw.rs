@@ -177,6 +177,9 @@ pub struct RawUpstream {
     pub response_timeout: Str,
     pub pool_idle_timeout: Str,
     pub pool_max_idle_per_host: u64,
+    /// PEM file of extra CA certificates for `https` upstreams (beside the
+    /// system's roots): for an origin with a private or self-signed CA.
+    pub ca_file: Option<Str>,
 }
 
 impl Default for RawUpstream {
@@ -186,6 +189,7 @@ impl Default for RawUpstream {
             response_timeout: Str("30s".into()),
             pool_idle_timeout: Str("60s".into()),
             pool_max_idle_per_host: 64,
+            ca_file: None,
         }
     }
 }

@@ -116,6 +116,12 @@ pub fn validate(
             &raw.upstream.pool_idle_timeout,
         ),
         pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host as usize,
+        extra_roots: raw
+            .upstream
+            .ca_file
+            .as_ref()
+            .map(|path| ca_certificates(&mut c, "upstream.ca_file", path.as_str()))
+            .unwrap_or_default(),
     };
     let inject = inject(&mut c, raw);
     let session = SessionConfig {
@@ -442,8 +448,36 @@ fn redis(c: &mut Checker, raw: &RawConfig) -> Option<RedisConfig> {
 }
 
 /// Read a secret from the environment variable or file that config names.
+/// The certificates of a PEM file: read now, so that a missing or empty file
+/// is a start-up error naming its key, not a 502 on the first https request.
+fn ca_certificates(
+    c: &mut Checker<'_>,
+    key: &str,
+    path: &str,
+) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            c.err(key, format!("cannot read `{path}`: {e}"));
+            return Vec::new();
+        }
+    };
+    match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+        Ok(certs) if certs.is_empty() => {
+            c.err(key, format!("`{path}` holds no PEM certificate"));
+            Vec::new()
+        }
+        Ok(certs) => certs,
+        Err(e) => {
+            c.err(key, format!("`{path}` is not valid PEM: {e}"));
+            Vec::new()
+        }
+    }
+}
+
 fn read_secret(
-    c: &mut Checker,
+    c: &mut Checker<'_>,
     key_env: &str,
     env: &Option<Str>,
     key_file: &str,

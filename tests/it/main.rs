@@ -11,3 +11,4 @@ mod proxy_tokens;
 mod support;
 mod tokens;
 mod upstream_pool;
+mod upstream_tls;
