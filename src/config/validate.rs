@@ -447,7 +447,6 @@ fn redis(c: &mut Checker, raw: &RawConfig) -> Option<RedisConfig> {
     })
 }
 
-/// Read a secret from the environment variable or file that config names.
 /// The certificates of a PEM file: read now, so that a missing or empty file
 /// is a start-up error naming its key, not a 502 on the first https request.
 fn ca_certificates(
@@ -476,6 +475,7 @@ fn ca_certificates(
     }
 }
 
+/// Read a secret from the environment variable or file that config names.
 fn read_secret(
     c: &mut Checker<'_>,
     key_env: &str,
