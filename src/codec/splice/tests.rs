@@ -253,8 +253,13 @@ async fn splices_the_tag_before_the_end_and_keeps_the_upstreams_bits() {
 
 #[tokio::test]
 async fn a_prefix_that_decodes_to_more_than_it_holds_is_decoded_again() {
-    // One frame of highly compressible page: far more than HOLD decoded.
-    let page = html(300 * 1024);
+    // One frame of a repetitive page: more than HOLD decoded from less than
+    // the check reads (and less than MAX_KEPT, past which the body would cut).
+    let mut page = b"<!doctype html><html><body>".to_vec();
+    while page.len() < HOLD + 64 * 1024 {
+        page.extend_from_slice(b"<p>The same line again.</p>\n");
+    }
+    page.extend_from_slice(b"</body></html>");
     let gz = gzip(&page, 9, &[]);
     assert!(gz.len() < PREFIX_KEEP, "{} compressed bytes", gz.len());
     // The check holds at most HOLD (and one run) of it.
@@ -264,6 +269,31 @@ async fn a_prefix_that_decodes_to_more_than_it_holds_is_decoded_again() {
     };
     let held: usize = checked.decoded.iter().map(Bytes::len).sum();
     assert!(held <= HOLD + RUN, "{held} decoded bytes held");
+    let at = page.len() as u64 - 14;
+    let out = splice(&gz, gz.len(), 0, InsertAt::new(at, TAG, false, 5)).await;
+    assert_eq!(decompress(Coding::Gzip, &out), expected(&page, at, TAG));
+    assert!(kept_but_bfinal(&out, &gz), "{} vs {}", out.len(), gz.len());
+}
+
+#[tokio::test]
+async fn a_prefix_within_the_hold_is_held_whole_and_decoded_once() {
+    // An ordinary page that decodes to more than 64 KiB (the old bound) but
+    // less than HOLD: the check keeps all of it, and the body goes on from
+    // the same inflater instead of decoding part of it again.
+    let page = html(200 * 1024);
+    let gz = gzip(&page, 6, &[]);
+    assert!(gz.len() < PREFIX_KEEP, "{} compressed bytes", gz.len());
+    let (body, _) = scripted(vec![Step::Data(Bytes::from(gz.clone()))]);
+    let Ok(checked) = check(body, UNLIMITED).await else {
+        panic!("refused");
+    };
+    let held: usize = checked.decoded.iter().map(Bytes::len).sum();
+    assert_eq!(held, page.len());
+    assert_eq!(
+        checked.inf.out_total(),
+        page.len() as u64,
+        "no copy taken to resume from"
+    );
     let at = page.len() as u64 - 14;
     let out = splice(&gz, gz.len(), 0, InsertAt::new(at, TAG, false, 5)).await;
     assert_eq!(decompress(Coding::Gzip, &out), expected(&page, at, TAG));
