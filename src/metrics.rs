@@ -163,11 +163,6 @@ impl Metrics {
         });
     }
 
-    /// Count a page that got the widget.
-    pub fn injected(&self) {
-        self.inserted(None);
-    }
-
     /// Count a page that got its snippet: the widget (`fallback` is `None`),
     /// or the fallback contact block in its place, labelled with why the
     /// widget could not go in. Each page is counted under one outcome only.

@@ -3,12 +3,12 @@
 //! built binary, because the environment is process-global).
 
 use crate::support::client::{self, fetch_get};
+use crate::support::harness::scratch;
 use crate::support::origin::Origin;
 use chathub_proxy::config::{self, ConfigIssue};
 use http::StatusCode;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -103,6 +103,26 @@ fn every_invalid_key_is_reported_at_once_with_its_name() {
 }
 
 #[test]
+fn a_missing_or_empty_upstream_ca_file_names_its_key() {
+    let dir = scratch("ca-file");
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("write");
+    let missing = dir.join("missing.pem");
+    for (path, says) in [(&missing, "cannot read"), (&empty, "no PEM certificate")] {
+        let got = issues(&format!(
+            "[upstream]\nca_file = \"{}\"\n[[routes]]\nname = \"s\"\nhosts = [\"s.test\"]\nupstream = \"https://localhost:1\"\n",
+            path.display()
+        ));
+        assert!(
+            got.iter()
+                .any(|i| i.key == "upstream.ca_file" && i.message.contains(says)),
+            "{}: {got:?}",
+            path.display()
+        );
+    }
+}
+
+#[test]
 fn a_wrongly_typed_value_names_its_key() {
     let got = issues("[server]\nmax_connections = \"lots\"\n");
     assert!(
@@ -173,16 +193,6 @@ impl Run {
     fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
-}
-
-/// A directory of its own under the target's test scratch space.
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("config-tests")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
 }
 
 /// `chathub-proxy check-config --config FILE` with exactly these

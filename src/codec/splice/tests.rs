@@ -261,18 +261,10 @@ async fn a_prefix_that_decodes_to_more_than_it_holds_is_decoded_again() {
     }
     page.extend_from_slice(b"</body></html>");
     let gz = gzip(&page, 9, &[]);
-    assert!(gz.len() < PREFIX_KEEP, "{} compressed bytes", gz.len());
     // The check holds at most HOLD (and one run) of it.
-    let (body, _) = scripted(vec![Step::Data(Bytes::from(gz.clone()))]);
-    let Ok(checked) = check(body, UNLIMITED).await else {
-        panic!("refused");
-    };
-    let held: usize = checked.decoded.iter().map(Bytes::len).sum();
+    let (_, held) = check_in_one_frame(&gz).await;
     assert!(held <= HOLD + RUN, "{held} decoded bytes held");
-    let at = page.len() as u64 - 14;
-    let out = splice(&gz, gz.len(), 0, InsertAt::new(at, TAG, false, 5)).await;
-    assert_eq!(decompress(Coding::Gzip, &out), expected(&page, at, TAG));
-    assert!(kept_but_bfinal(&out, &gz), "{} vs {}", out.len(), gz.len());
+    assert_spliced_in_one_frame(&page, &gz).await;
 }
 
 #[tokio::test]
@@ -282,22 +274,35 @@ async fn a_prefix_within_the_hold_is_held_whole_and_decoded_once() {
     // the same inflater instead of decoding part of it again.
     let page = html(200 * 1024);
     let gz = gzip(&page, 6, &[]);
-    assert!(gz.len() < PREFIX_KEEP, "{} compressed bytes", gz.len());
-    let (body, _) = scripted(vec![Step::Data(Bytes::from(gz.clone()))]);
-    let Ok(checked) = check(body, UNLIMITED).await else {
-        panic!("refused");
-    };
-    let held: usize = checked.decoded.iter().map(Bytes::len).sum();
+    let (checked, held) = check_in_one_frame(&gz).await;
     assert_eq!(held, page.len());
     assert_eq!(
         checked.inf.out_total(),
         page.len() as u64,
         "no copy taken to resume from"
     );
+    assert_spliced_in_one_frame(&page, &gz).await;
+}
+
+/// The prefix check of `gz` (all of it within what the check reads) sent
+/// as one frame, and how many decoded bytes it holds.
+async fn check_in_one_frame(gz: &[u8]) -> (Checked, usize) {
+    assert!(gz.len() < PREFIX_KEEP, "{} compressed bytes", gz.len());
+    let (body, _) = scripted(vec![Step::Data(Bytes::copy_from_slice(gz))]);
+    let Ok(checked) = check(body, UNLIMITED).await else {
+        panic!("refused");
+    };
+    let held = checked.decoded.iter().map(Bytes::len).sum();
+    (checked, held)
+}
+
+/// `gz` sent as one frame, with the tag before `</body></html>`: the
+/// rewritten page, in the upstream's own bits.
+async fn assert_spliced_in_one_frame(page: &[u8], gz: &[u8]) {
     let at = page.len() as u64 - 14;
-    let out = splice(&gz, gz.len(), 0, InsertAt::new(at, TAG, false, 5)).await;
-    assert_eq!(decompress(Coding::Gzip, &out), expected(&page, at, TAG));
-    assert!(kept_but_bfinal(&out, &gz), "{} vs {}", out.len(), gz.len());
+    let out = splice(gz, gz.len(), 0, InsertAt::new(at, TAG, false, 5)).await;
+    assert_eq!(decompress(Coding::Gzip, &out), expected(page, at, TAG));
+    assert!(kept_but_bfinal(&out, gz), "{} vs {}", out.len(), gz.len());
 }
 
 /// The output repeats the upstream's stream up to its last 64 bytes (where
