@@ -15,7 +15,7 @@
 //! since the last request was dispatched, and no request body ever carried on
 //! it (hyper could still be reading one whose response went out early).
 
-use crate::body::Body;
+use crate::body::Gather;
 use crate::config::Config;
 use crate::proxy::{self, State};
 use bytes::Bytes;
@@ -171,7 +171,7 @@ async fn sniff(io: &mut IdleIo) -> io::Result<Option<bool>> {
 }
 
 /// One request's handling, boxed (see [`service`]).
-type Handling = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+type Handling = Pin<Box<dyn Future<Output = Result<Response<Gather>, Infallible>> + Send>>;
 
 /// The service of one connection: [`proxy::handle`], boxed, with each request
 /// counted in flight until its response body (the access-log body, which
@@ -182,7 +182,7 @@ fn service(
     clock: Arc<Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<Body>,
+    Response = Response<Gather>,
     Error = Infallible,
     Future = Handling,
 > + Clone {
@@ -191,7 +191,8 @@ fn service(
         // Boxed: hyper keeps one slot of the service future's size per
         // connection for its whole life, and `handle`'s state machine is
         // several KiB. Boxing makes it a per-request allocation.
-        Box::pin(proxy::handle(state.clone(), peer, req, guard)) as Handling
+        let handling = proxy::handle(state.clone(), peer, req, guard);
+        Box::pin(async move { Ok(handling.await?.map(Gather::new)) }) as Handling
     })
 }
 
@@ -243,7 +244,7 @@ trait Shutdown {
 
 impl<I, S> Shutdown for http1::UpgradeableConnection<I, S>
 where
-    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S: hyper::service::HttpService<Incoming, ResBody = Gather>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     fn shutdown(self: Pin<&mut Self>) {
@@ -253,7 +254,7 @@ where
 
 impl<I, S> Shutdown for http2::Connection<I, S, TokioExecutor>
 where
-    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S: hyper::service::HttpService<Incoming, ResBody = Gather>,
     S::Future: Send + 'static,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
