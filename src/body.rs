@@ -49,7 +49,8 @@ where
 pub struct Gather {
     inner: Body,
     /// A frame that ends a gathered run (trailers, an error), sent next.
-    held: Option<Result<Frame<Bytes>, BoxError>>,
+    /// Boxed: it is rare, and the body is moved whole several times a response.
+    held: Option<Box<Result<Frame<Bytes>, BoxError>>>,
     ended: bool,
 }
 
@@ -77,7 +78,7 @@ impl http_body::Body for Gather {
     ) -> Poll<Option<Result<Frame<Chunks>, BoxError>>> {
         let this = &mut *self;
         if let Some(held) = this.held.take() {
-            return Poll::Ready(Some(held.map(|f| f.map_data(Chunks::One))));
+            return Poll::Ready(Some((*held).map(|f| f.map_data(Chunks::One))));
         }
         if this.ended {
             return Poll::Ready(None);
@@ -107,13 +108,13 @@ impl http_body::Body for Gather {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => out.push(data),
                     Err(other) => {
-                        this.held = Some(Ok(other));
+                        this.held = Some(Box::new(Ok(other)));
                         break;
                     }
                 },
                 // The bytes before it still go out; the error comes next.
                 Poll::Ready(Some(Err(e))) => {
-                    this.held = Some(Err(e));
+                    this.held = Some(Box::new(Err(e)));
                     break;
                 }
             }

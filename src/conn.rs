@@ -191,8 +191,7 @@ fn service(
         // Boxed: hyper keeps one slot of the service future's size per
         // connection for its whole life, and `handle`'s state machine is
         // several KiB. Boxing makes it a per-request allocation.
-        let handling = proxy::handle(state.clone(), peer, req, guard);
-        Box::pin(async move { Ok(handling.await?.map(Gather::new)) }) as Handling
+        Box::pin(proxy::handle(state.clone(), peer, req, guard)) as Handling
     })
 }
 

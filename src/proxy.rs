@@ -3,7 +3,7 @@
 //! session's token. The outer [`handle`] logs and maps every error to a small
 //! synthetic response; [`handle_inner`] reads top to bottom.
 
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, Gather};
 use crate::codec::{self, Coding};
 use crate::config::{Config, Route};
 use crate::conn::InFlight;
@@ -89,7 +89,7 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
     in_flight: InFlight,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Gather>, Infallible> {
     let start = Instant::now();
     let span = tracing::info_span!(
         "request",
@@ -120,7 +120,7 @@ pub async fn handle(
     );
     let status = resp.status().as_u16();
     Ok(resp.map(|inner| {
-        Body::new(LoggedBody {
+        Gather::new(Body::new(LoggedBody {
             inner,
             span,
             status,
@@ -128,7 +128,7 @@ pub async fn handle(
             start,
             outcome: None,
             _in_flight: in_flight,
-        })
+        }))
     }))
 }
 
