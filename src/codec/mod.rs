@@ -101,23 +101,27 @@ pub fn response_coding(headers: &HeaderMap) -> Result<Coding, CodingError> {
 /// A q-value in thousandths (RFC 9110 §12.4.2 allows at most three decimals).
 type Q = u16;
 
-/// One parsed `Accept-Encoding` list.
+/// One parsed `Accept-Encoding` list, as what negotiation reads of it: the
+/// highest q-value the client gave each coding the proxy knows, and the first
+/// `*`. Unknown tokens are never asked about, so they are not kept (a request
+/// reads this twice, and an owned token per element was most of its cost).
 #[derive(Debug, Default)]
 struct Accept {
-    /// Lower-cased coding tokens with their q-values, in the client's order.
-    entries: Vec<(String, Q)>,
+    /// Indexed by `Coding as usize`.
+    explicit: [Option<Q>; 5],
+    star: Option<Q>,
 }
 
 impl Accept {
     fn parse<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> Accept {
-        let mut entries = Vec::new();
+        let mut accept = Accept::default();
         for value in values {
             // A non-ASCII field is not a list we can read; ignoring it means
             // "no codings" for that line, the safe direction.
             let Ok(text) = value.to_str() else { continue };
             for element in text.split(',') {
                 let mut parts = element.split(';');
-                let token = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+                let token = parts.next().unwrap_or("").trim();
                 if token.is_empty() {
                     continue;
                 }
@@ -130,30 +134,24 @@ impl Accept {
                     }
                 }
                 // An element with a malformed q-value is dropped, not guessed.
-                if let Some(q) = q {
-                    entries.push((token, q));
+                let Some(q) = q else { continue };
+                if token == "*" {
+                    accept.star.get_or_insert(q);
+                } else if let Some(c) = Coding::from_token(token) {
+                    let slot = &mut accept.explicit[c as usize];
+                    *slot = Some(slot.map_or(q, |had| had.max(q)));
                 }
             }
         }
-        Accept { entries }
+        accept
     }
 
     /// The client's q-value for `coding`: its own entry, else `*`, else the
     /// RFC default (identity acceptable, everything else not).
     fn q(&self, coding: Coding) -> Q {
-        let explicit = self
-            .entries
-            .iter()
-            .filter(|(t, _)| Coding::from_token(t) == Some(coding))
-            .map(|(_, q)| *q)
-            .max();
-        if let Some(q) = explicit {
-            return q;
-        }
-        if let Some((_, q)) = self.entries.iter().find(|(t, _)| t == "*") {
-            return *q;
-        }
-        if coding == Coding::Identity { 1000 } else { 0 }
+        self.explicit[coding as usize]
+            .or(self.star)
+            .unwrap_or(if coding == Coding::Identity { 1000 } else { 0 })
     }
 
     /// The supported non-identity coding with the highest q-value above zero.
