@@ -40,7 +40,7 @@ const FORWARDED_NAMES: [HeaderName; 5] = [
 
 /// A bit per name of `list` that `headers` holds: one pass over the map's
 /// names, comparing (no hashing, no allocation).
-fn present(headers: &HeaderMap, list: &[HeaderName]) -> u32 {
+pub(crate) fn present(headers: &HeaderMap, list: &[HeaderName]) -> u32 {
     let mut found = 0;
     for name in headers.keys() {
         if let Some(i) = list.iter().position(|n| n == name) {
@@ -51,7 +51,7 @@ fn present(headers: &HeaderMap, list: &[HeaderName]) -> u32 {
 }
 
 /// Remove the names of `list` whose bits `found` (from [`present`]) has set.
-fn remove_found(headers: &mut HeaderMap, list: &[HeaderName], found: u32) {
+pub(crate) fn remove_found(headers: &mut HeaderMap, list: &[HeaderName], found: u32) {
     for (i, n) in list.iter().enumerate() {
         if found & (1 << i) != 0 {
             headers.remove(n);

@@ -4,6 +4,7 @@
 
 use crate::codec::{Coding, CodingError, Refusal};
 use crate::config::{InjectConfig, Route};
+use crate::forwarded;
 use http::header::{
     CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
     IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE, VARY,
@@ -293,7 +294,8 @@ fn charset<'a>(
 /// Cache-related headers a rewritten response must not carry: they describe
 /// the upstream's bytes or would let a shared cache keep a page holding a
 /// per-session token. (Names, not strings: a `&str` is parsed on every use.)
-const DROPPED_ON_REWRITE: [HeaderName; 10] = [
+const DROPPED_ON_REWRITE: [HeaderName; 11] = [
+    CONTENT_LENGTH,
     HeaderName::from_static("etag"),
     HeaderName::from_static("last-modified"),
     HeaderName::from_static("expires"),
@@ -319,10 +321,10 @@ const DROPPED_ON_REWRITE: [HeaderName; 10] = [
 ///   per-session secret.
 /// - `Content-Type` is never altered.
 pub fn rewrite_response_headers(headers: &mut HeaderMap) {
-    headers.remove(CONTENT_LENGTH);
-    for name in &DROPPED_ON_REWRITE {
-        headers.remove(name);
-    }
+    // One pass over the names present, then only those removed: a removal
+    // hashes its name, and most of these are absent from most pages.
+    let found = forwarded::present(headers, &DROPPED_ON_REWRITE);
+    forwarded::remove_found(headers, &DROPPED_ON_REWRITE, found);
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
 }
 
