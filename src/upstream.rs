@@ -1,9 +1,11 @@
 //! The pooled clients that carry requests to upstreams, with a connect deadline
 //! (→ 502) and a response-head deadline (→ 504). Bodies are not timed here: SSE
 //! and long-polls may stay quiet for as long as they like. Plain `http`
-//! upstreams go through the proxy's own HTTP/1.1 pool ([`pool`]); `https`
-//! ones through hyper-util's client (TLS, ALPN h2).
+//! upstreams go through the proxy's own HTTP/1.1 pool ([`pool`]), where a
+//! GET or HEAD without a body is exchanged by the proxy's own code ([`h1`]);
+//! `https` ones through hyper-util's client (TLS, ALPN h2).
 
+mod h1;
 mod pool;
 
 pub use pool::PooledBody as UpstreamBody;
@@ -69,6 +71,7 @@ impl Upstream {
                 Err(_) => Err(ProxyError::UpstreamTimeout),
                 Ok(Err(pool::PoolError::Connect(e))) => Err(ProxyError::UpstreamConnect(e)),
                 Ok(Err(pool::PoolError::Request(e))) => Err(ProxyError::Upstream(e.into())),
+                Ok(Err(pool::PoolError::Exchange(e))) => Err(ProxyError::Upstream(e.into())),
                 Ok(Ok(resp)) => Ok(resp),
             };
         }

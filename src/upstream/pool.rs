@@ -10,12 +10,18 @@
 //! nothing waits in a task of its own, and the pool is keyed by a short string
 //! with foldhash. hyper-util still carries `https` upstreams (TLS, ALPN h2).
 //!
+//! A GET or HEAD with no body and no upgrade (nearly every page load) does not
+//! use hyper's connection at all: [`h1`] writes its head and reads the
+//! response in the proxy's own task, on connections pooled apart from
+//! hyper's.
+//!
 //! What hyper-util gave and this keeps: idle connections expire after
 //! `upstream.pool_idle_timeout`, at most `pool_max_idle_per_host` wait per
 //! upstream, a connect deadline, and a request that was never written to a
 //! pooled connection found closed is sent again on another (nothing reached
 //! the upstream, so even a POST is safe); once written, never again.
 
+use super::h1;
 use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
 use bytes::Bytes;
@@ -38,10 +44,12 @@ pub enum PoolError {
     Connect(BoxError),
     /// The connection failed while sending or before the response head.
     Request(hyper::Error),
+    /// The same, on the proxy's own exchange.
+    Exchange(h1::ExchangeError),
 }
 
 type Sender = http1::SendRequest<Body>;
-type Idle = HashMap<Arc<str>, Vec<(Sender, Instant)>, foldhash::fast::RandomState>;
+type Idle<C> = HashMap<Arc<str>, Vec<(C, Instant)>, foldhash::fast::RandomState>;
 
 /// A cheap-to-clone handle on the pool.
 #[derive(Clone)]
@@ -51,7 +59,9 @@ pub struct Pool {
 
 struct Inner {
     /// Idle connections per `host:port`, the most recently used last.
-    idle: Mutex<Idle>,
+    idle: Mutex<Idle<Sender>>,
+    /// The same for the own exchange's connections.
+    idle_own: Mutex<Idle<h1::Conn>>,
     idle_timeout: Duration,
     max_idle: usize,
     connect_timeout: Duration,
@@ -61,6 +71,7 @@ impl Pool {
     pub fn new(cfg: &UpstreamConfig) -> Pool {
         let inner = Arc::new(Inner {
             idle: Mutex::new(Idle::default()),
+            idle_own: Mutex::new(Idle::default()),
             idle_timeout: cfg.pool_idle_timeout,
             max_idle: cfg.pool_max_idle_per_host,
             connect_timeout: cfg.connect_timeout,
@@ -87,6 +98,9 @@ impl Pool {
             .authority()
             .ok_or_else(|| PoolError::Connect("upstream URI has no authority".into()))?
             .as_str();
+        if h1::eligible(&req) {
+            return self.exchange(req, &uri, key).await;
+        }
         loop {
             let (key, mut sender, reused) = match self.checkout(key) {
                 Some((key, sender)) => (key, sender, true),
@@ -111,6 +125,56 @@ impl Pool {
         }
     }
 
+    /// [`send`](Self::send) for a request [`h1::eligible`] takes.
+    async fn exchange(
+        &self,
+        req: Request<Body>,
+        uri: &Uri,
+        key: &str,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        // Encoded before any wait: the request's body type is not `Sync`,
+        // so the future may not hold a reference to it.
+        let head = h1::encode_head(&req);
+        let is_head = req.method() == http::Method::HEAD;
+        drop(req);
+        loop {
+            let (key, conn, reused) = match self.checkout_own(key) {
+                Some((key, conn)) => (key, conn, true),
+                None => (
+                    Arc::from(key),
+                    h1::Conn::new(self.connect_tcp(uri).await?),
+                    false,
+                ),
+            };
+            match conn.exchange(&head, is_head).await {
+                Ok(resp) => {
+                    let home = (Arc::downgrade(&self.inner), key);
+                    return Ok(resp.map(|body| PooledBody::own(body, home)));
+                }
+                // A pooled connection the upstream had closed: nothing of a
+                // response came, and a GET or HEAD may be sent again.
+                Err(e) if reused && e.before_response() => continue,
+                Err(e) => return Err(PoolError::Exchange(e)),
+            }
+        }
+    }
+
+    fn checkout_own(&self, key: &str) -> Option<(Arc<str>, h1::Conn)> {
+        let mut idle = self
+            .inner
+            .idle_own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = Arc::clone(idle.get_key_value(key)?.0);
+        let list = idle.get_mut(&*key)?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < self.inner.idle_timeout && conn.is_open() {
+                return Some((key, conn));
+            }
+        }
+        None
+    }
+
     /// The most recently used idle connection to `key` that is still open.
     /// Only free connections are in the list (see [`Lease::give_back`]), so
     /// this never waits: a wait here could queue one client's request behind
@@ -128,6 +192,20 @@ impl Pool {
     }
 
     async fn connect(&self, uri: &Uri) -> Result<Sender, PoolError> {
+        let stream = self.connect_tcp(uri).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(PoolError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_tcp(&self, uri: &Uri) -> Result<TcpStream, PoolError> {
         let host = uri.host().unwrap_or_default();
         // `[::1]` in a URI, `::1` to the resolver.
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -144,26 +222,25 @@ impl Pool {
         };
         // Heads and small bodies go out at once, not after Nagle's wait.
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(PoolError::Request)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
 }
 
 impl Inner {
     fn put(&self, key: Arc<str>, sender: Sender) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(key).or_default();
-        if list.len() < self.max_idle {
-            list.push((sender, Instant::now()));
-        }
+        put(&self.idle, self.max_idle, key, sender);
+    }
+
+    fn put_own(&self, key: Arc<str>, conn: h1::Conn) {
+        put(&self.idle_own, self.max_idle, key, conn);
+    }
+}
+
+fn put<C>(idle: &Mutex<Idle<C>>, max: usize, key: Arc<str>, conn: C) {
+    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+    let list = idle.entry(key).or_default();
+    if list.len() < max {
+        list.push((conn, Instant::now()));
     }
 }
 
@@ -175,9 +252,16 @@ async fn reap(pool: Weak<Inner>) {
     loop {
         tokio::time::sleep(every).await;
         let Some(p) = pool.upgrade() else { return };
-        let mut idle = p.idle.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut idle = p.idle.lock().unwrap_or_else(|e| e.into_inner());
+            for list in idle.values_mut() {
+                list.retain(|(s, since)| since.elapsed() < p.idle_timeout && !s.is_closed());
+            }
+            idle.retain(|_, list| !list.is_empty());
+        }
+        let mut idle = p.idle_own.lock().unwrap_or_else(|e| e.into_inner());
         for list in idle.values_mut() {
-            list.retain(|(s, since)| since.elapsed() < p.idle_timeout && !s.is_closed());
+            list.retain(|(c, since)| since.elapsed() < p.idle_timeout && c.is_open());
         }
         idle.retain(|_, list| !list.is_empty());
     }
@@ -227,18 +311,40 @@ impl Lease {
 
 /// An upstream response body that gives its connection back when it ends.
 pub struct PooledBody {
-    inner: Incoming,
+    inner: Source,
     lease: Option<Lease>,
+}
+
+enum Source {
+    Hyper(Incoming),
+    /// The own exchange's body, and the pool and key its connection goes
+    /// back to (taken when it does).
+    Own(h1::Incoming, Option<(Weak<Inner>, Arc<str>)>),
 }
 
 impl PooledBody {
     /// A body whose connection belongs to someone else (hyper-util's pool).
     pub fn unpooled(inner: Incoming) -> PooledBody {
-        PooledBody { inner, lease: None }
+        PooledBody {
+            inner: Source::Hyper(inner),
+            lease: None,
+        }
     }
 
     fn new(inner: Incoming, lease: Option<Lease>) -> PooledBody {
-        let mut body = PooledBody { inner, lease };
+        let mut body = PooledBody {
+            inner: Source::Hyper(inner),
+            lease,
+        };
+        body.release_if_ended();
+        body
+    }
+
+    fn own(inner: h1::Incoming, home: (Weak<Inner>, Arc<str>)) -> PooledBody {
+        let mut body = PooledBody {
+            inner: Source::Own(inner, Some(home)),
+            lease: None,
+        };
         body.release_if_ended();
         body
     }
@@ -246,29 +352,51 @@ impl PooledBody {
     /// A reader may stop at `is_end_stream()` without polling for the end
     /// (hyper does with a known length), so that counts as ended too.
     fn release_if_ended(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(lease) = self.lease.take()
-        {
-            lease.give_back();
+        match &mut self.inner {
+            Source::Hyper(inner) => {
+                if inner.is_end_stream()
+                    && let Some(lease) = self.lease.take()
+                {
+                    lease.give_back();
+                }
+            }
+            Source::Own(inner, home) => {
+                if inner.is_end_stream()
+                    && let Some(conn) = inner.take_reusable()
+                    && let Some((pool, key)) = home.take()
+                    && let Some(pool) = pool.upgrade()
+                {
+                    pool.put_own(key, conn);
+                }
+            }
         }
     }
 }
 
 impl http_body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.inner {
+            Source::Hyper(inner) => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            Source::Own(inner, _) => Pin::new(inner).poll_frame(cx),
+        };
         match &polled {
             Poll::Ready(None) => {
                 if let Some(lease) = this.lease.take() {
                     lease.give_back();
                 }
+                this.release_if_ended();
             }
             Poll::Ready(Some(Err(_))) => this.lease = None,
             Poll::Ready(Some(Ok(_))) => this.release_if_ended(),
@@ -278,11 +406,17 @@ impl http_body::Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Hyper(inner) => inner.is_end_stream(),
+            Source::Own(inner, _) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Hyper(inner) => inner.size_hint(),
+            Source::Own(inner, _) => inner.size_hint(),
+        }
     }
 }
 

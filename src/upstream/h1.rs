@@ -1,0 +1,733 @@
+//! The proxy's own HTTP/1.1 exchange for the common request to a plain-`http`
+//! upstream: a GET or HEAD with no body and no upgrade. The request head is
+//! written and the response read by the task that serves the client, so no
+//! connection task, channel or wake-up stands between them.
+//!
+//! hyper's client connection was about a third of the 2 KB hop's
+//! instructions (callgrind: its dispatcher, the channels that carry the
+//! request and the response between tasks, and the connection's own task,
+//! polled several times a request); this exchange cuts the hop from 46.3 k
+//! to 41.4 k instructions (bench/README.md). Everything else (a request
+//! body, an upgrade, any other method) still goes through hyper's
+//! connection in [`super::pool`], which keeps its connections apart.
+//!
+//! What is read (RFC 9112): a response head of at most [`MAX_HEAD`] bytes and
+//! [`MAX_HEADERS`] fields; interim 1xx responses are skipped; the body is
+//! framed by `Transfer-Encoding: chunked`, `Content-Length`, or the end of the
+//! connection, and HEAD, 204 and 304 have none. A connection is reused only
+//! after an HTTP/1.1 response without `Connection: close` whose body ended by
+//! its framing with nothing read past it.
+
+use crate::body::BoxError;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Larger response heads are refused (an error, so a 502), as hyper's client
+/// refuses heads past its buffer limit.
+const MAX_HEAD: usize = 64 * 1024;
+/// hyper's default too.
+const MAX_HEADERS: usize = 100;
+/// Reads go into one buffer of this size, carved up as responses and body
+/// pieces are split off it, until less than [`MIN_ROOM`] is left; then a new
+/// one. Below glibc's threshold for mapping memory of its own: 512 KiB
+/// buffers, allocated per read, were mapped and faulted in anew each time (a
+/// 1 MB page took four times the page faults of hyper's client and a
+/// quarter more system time; with this, about a hundredth of its faults).
+const READ: usize = 64 * 1024;
+const MIN_ROOM: usize = 8 * 1024;
+
+/// Whether `req` can take the own exchange: GET or HEAD, no body, no upgrade.
+pub fn eligible<B: http_body::Body>(req: &Request<B>) -> bool {
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req.body().is_end_stream()
+        && !req.headers().contains_key(http::header::UPGRADE)
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream closed the connection before the response")]
+    ClosedEarly,
+    #[error("upstream response head is invalid: {0}")]
+    Head(&'static str),
+}
+
+impl ExchangeError {
+    /// Nothing of a response arrived: a pooled connection that had closed.
+    pub fn before_response(&self) -> bool {
+        match self {
+            ExchangeError::ClosedEarly => true,
+            ExchangeError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            ExchangeError::Head(_) => false,
+        }
+    }
+}
+
+/// One upstream connection between exchanges.
+#[derive(Debug)]
+pub struct Conn {
+    io: TcpStream,
+    /// Bytes read past what has been consumed.
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// False if the upstream closed it (or sent something unasked) while it
+    /// sat idle. Reads only what the runtime already knows is there: no wait.
+    pub fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Send a request head (from [`encode_head`]; `is_head` for HEAD) and
+    /// read the response head. The body comes with the connection inside it.
+    pub async fn exchange(
+        mut self,
+        head: &[u8],
+        is_head: bool,
+    ) -> Result<Response<Incoming>, ExchangeError> {
+        self.io.write_all(head).await?;
+        loop {
+            if let Some(parsed) = parse_head(&mut self.buf)? {
+                let (head, framing) = parsed;
+                if head.status.is_informational() {
+                    // 100 Continue, 103 Early Hints: the real answer follows.
+                    // A 101 without an upgrade asked for is not an answer.
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(ExchangeError::Head("101 without an upgrade"));
+                    }
+                    continue;
+                }
+                let framing = if is_head
+                    || head.status == StatusCode::NO_CONTENT
+                    || head.status == StatusCode::NOT_MODIFIED
+                {
+                    Framing::Length(0)
+                } else {
+                    framing
+                };
+                let reusable = head.keep_alive && !matches!(framing, Framing::Eof);
+                let mut resp = Response::new(Incoming {
+                    conn: Some(self),
+                    framing,
+                    reusable,
+                    done: None,
+                });
+                *resp.status_mut() = head.status;
+                *resp.version_mut() = head.version;
+                *resp.headers_mut() = head.headers;
+                resp.body_mut().finish_if_ended();
+                return Ok(resp);
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(ExchangeError::Head("longer than 64 KiB"));
+            }
+            if std::future::poll_fn(|cx| self.poll_read_more(cx)).await? == 0 {
+                return Err(if self.buf.is_empty() {
+                    ExchangeError::ClosedEarly
+                } else {
+                    ExchangeError::Head("connection closed inside it")
+                });
+            }
+        }
+    }
+
+    /// Read more into the buffer; `Ok(0)` at the connection's end.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < MIN_ROOM {
+            self.buf.reserve(READ);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// The request line and fields, as hyper writes them.
+pub fn encode_head<B>(req: &Request<B>) -> Vec<u8> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    keep_alive: bool,
+}
+
+/// How a response body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// At the end of the connection.
+    Eof,
+}
+
+/// Where a chunked body is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields until an empty line.
+    Trailers,
+}
+
+/// A complete response head at the front of `buf` (taken off it), or `None`
+/// if more bytes are needed.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut fields);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ExchangeError::Head("too many fields")),
+        Err(_) => return Err(ExchangeError::Head("not HTTP/1.x")),
+    };
+    let status = StatusCode::from_u16(res.code.unwrap_or(0))
+        .map_err(|_| ExchangeError::Head("bad status code"))?;
+    let version = if res.version == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    // Names now; values as slices of the head's bytes once it is split off,
+    // by their positions in it (no copy).
+    let base = buf.as_ptr() as usize;
+    let mut fields_at = Vec::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ExchangeError::Head("bad field name"))?;
+        let at = h.value.as_ptr() as usize - base;
+        fields_at.push((name, at, at + h.value.len()));
+    }
+    let head_bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields_at.len());
+    for (name, from, to) in fields_at {
+        let value = HeaderValue::from_maybe_shared(head_bytes.slice(from..to))
+            .map_err(|_| ExchangeError::Head("bad field value"))?;
+        headers.append(name, value);
+    }
+    let framing = framing(&headers)?;
+    let keep_alive = version == Version::HTTP_11 && !has_token(&headers, &CONNECTION, "close");
+    Ok(Some((
+        Head {
+            status,
+            version,
+            headers,
+            keep_alive,
+        },
+        framing,
+    )))
+}
+
+/// RFC 9112 §6.3: chunked if it is the last transfer coding, any other
+/// transfer coding to the end of the connection, else `Content-Length`
+/// (every value the same), else to the end of the connection.
+fn framing(headers: &HeaderMap) -> Result<Framing, ExchangeError> {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty());
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+            _ => Framing::Eof,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("x").split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ExchangeError::Head("bad content-length"));
+            }
+            let n: u64 = part
+                .parse()
+                .map_err(|_| ExchangeError::Head("bad content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Head("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Eof, Framing::Length))
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A response body read straight off its connection. When it has ended, the
+/// connection is handed out once by [`Incoming::take_reusable`].
+#[derive(Debug)]
+pub struct Incoming {
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+    /// Set once the body has ended by its framing: the connection, if it may
+    /// carry another request.
+    done: Option<Option<Conn>>,
+}
+
+impl Incoming {
+    /// The connection, once the body has ended by its framing and the
+    /// connection may carry another request.
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        self.done.as_mut().and_then(Option::take)
+    }
+
+    fn ended(&self) -> bool {
+        self.done.is_some()
+    }
+
+    fn finish_if_ended(&mut self) {
+        if self.framing == Framing::Length(0) && self.done.is_none() {
+            let conn = self.conn.take();
+            // Bytes past the response: the upstream said more than it framed.
+            let clean = conn.as_ref().is_some_and(|c| c.buf.is_empty());
+            self.done = Some(conn.filter(|_| self.reusable && clean));
+        }
+    }
+
+    /// Read more into the connection's buffer; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match self.conn.as_mut() {
+            Some(conn) => conn.poll_read_more(cx),
+            None => Poll::Ready(Ok(0)),
+        }
+    }
+
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self
+            .conn
+            .as_mut()
+            .expect("the body has its connection until it ends")
+            .buf
+    }
+
+    /// The next data of a chunked body, or `None` at its end.
+    fn poll_chunked(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BoxError>> {
+        loop {
+            let Framing::Chunked(state) = self.framing else {
+                unreachable!("only called for chunked bodies")
+            };
+            let progressed = match state {
+                Chunk::Size => match line(self.buf()) {
+                    Some(l) => {
+                        let size = chunk_size(&l)?;
+                        self.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                        true
+                    }
+                    None if self.buf().len() > 4096 => {
+                        return Poll::Ready(Err("chunk-size line too long".into()));
+                    }
+                    None => false,
+                },
+                Chunk::Data(left) => {
+                    let buf = self.buf();
+                    if !buf.is_empty() {
+                        let n = left.min(buf.len() as u64) as usize;
+                        let data = buf.split_to(n).freeze();
+                        let left = left - n as u64;
+                        self.framing = Framing::Chunked(if left == 0 {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left)
+                        });
+                        return Poll::Ready(Ok(Some(data)));
+                    }
+                    false
+                }
+                Chunk::DataEnd => match line(self.buf()) {
+                    Some(l) if l.is_empty() => {
+                        self.framing = Framing::Chunked(Chunk::Size);
+                        true
+                    }
+                    Some(_) => return Poll::Ready(Err("chunk data longer than its size".into())),
+                    None => false,
+                },
+                Chunk::Trailers => match line(self.buf()) {
+                    // Trailer fields are not passed on (nor does the proxy
+                    // pass on hyper's); the empty line ends the body.
+                    Some(l) if l.is_empty() => {
+                        self.framing = Framing::Length(0);
+                        self.finish_if_ended();
+                        return Poll::Ready(Ok(None));
+                    }
+                    Some(_) => true,
+                    None if self.buf().len() > MAX_HEAD => {
+                        return Poll::Ready(Err("trailers too long".into()));
+                    }
+                    None => false,
+                },
+            };
+            if !progressed && ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(
+                    "upstream closed the connection inside a chunked body".into()
+                ));
+            }
+        }
+    }
+}
+
+/// One CRLF- (or LF-) ended line off the front of `buf`, without its end.
+fn line(buf: &mut BytesMut) -> Option<BytesMut> {
+    let at = memchr::memchr(b'\n', buf)?;
+    let mut l = buf.split_to(at + 1);
+    l.truncate(at);
+    if l.last() == Some(&b'\r') {
+        l.truncate(at - 1);
+    }
+    Some(l)
+}
+
+/// A chunk-size line's hexadecimal size (extensions after `;` ignored).
+fn chunk_size(l: &[u8]) -> Result<u64, BoxError> {
+    let hex = l.split(|&b| b == b';').next().unwrap_or_default();
+    let hex = hex.trim_ascii();
+    if hex.is_empty() || hex.len() > 15 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err("bad chunk size".into());
+    }
+    Ok(hex.iter().fold(0u64, |n, &b| {
+        n * 16 + u64::from((b as char).to_digit(16).unwrap_or(0))
+    }))
+}
+
+impl http_body::Body for Incoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.ended() {
+            return Poll::Ready(None);
+        }
+        match this.framing {
+            Framing::Length(left) => {
+                if this.buf().is_empty() && ready!(this.poll_fill(cx))? == 0 {
+                    return Poll::Ready(Some(Err(
+                        "upstream closed the connection before the body's end".into(),
+                    )));
+                }
+                let buf = this.buf();
+                let n = left.min(buf.len() as u64) as usize;
+                let data = buf.split_to(n).freeze();
+                this.framing = Framing::Length(left - n as u64);
+                this.finish_if_ended();
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Framing::Chunked(_) => match ready!(this.poll_chunked(cx)) {
+                Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) => Poll::Ready(None),
+                Err(e) => Poll::Ready(Some(Err(e))),
+            },
+            Framing::Eof => {
+                if this.buf().is_empty() && ready!(this.poll_fill(cx))? == 0 {
+                    this.conn = None;
+                    this.done = Some(None);
+                    return Poll::Ready(None);
+                }
+                let data = this.buf().split().freeze();
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            _ if self.ended() => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// An upstream that reads one request head and answers with `parts`,
+    /// written one after another with a pause between (so the reader sees
+    /// them split there); closes afterwards if `close`.
+    async fn upstream(parts: Vec<&'static [u8]>, close: bool) -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let _ = tcp.set_nodelay(true);
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+            for part in parts {
+                tcp.write_all(part).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if !close {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        TcpStream::connect(addr).await.unwrap()
+    }
+
+    fn get(method: Method) -> (Vec<u8>, bool) {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri("/page?x=1")
+            .header("host", "site.test")
+            .body(())
+            .unwrap();
+        (encode_head(&req), method == Method::HEAD)
+    }
+
+    /// The response, its whole body (or the body's error), and whether the
+    /// connection came back for another request.
+    async fn run(
+        parts: Vec<&'static [u8]>,
+        close: bool,
+        method: Method,
+    ) -> Result<(StatusCode, Result<Vec<u8>, String>, bool), ExchangeError> {
+        let (head, is_head) = get(method);
+        let conn = Conn::new(upstream(parts, close).await);
+        let resp = conn.exchange(&head, is_head).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut data = Vec::new();
+        let outcome = loop {
+            match body.frame().await {
+                None => break Ok(data),
+                Some(Ok(f)) => data.extend_from_slice(&f.into_data().unwrap()),
+                Some(Err(e)) => break Err(e.to_string()),
+            }
+        };
+        Ok((status, outcome, body.take_reusable().is_some()))
+    }
+
+    #[test]
+    fn the_request_head_is_written_as_hyper_writes_it() {
+        let (head, _) = get(Method::GET);
+        assert_eq!(head, b"GET /page?x=1 HTTP/1.1\r\nhost: site.test\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_length_body_split_anywhere_is_read_whole_and_the_connection_kept() {
+        let got = run(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                b"ngth: 11\r\n\r\nhello",
+                b" world",
+            ],
+            false,
+            Method::GET,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, (StatusCode::OK, Ok(b"hello world".to_vec()), true));
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_with_extensions_and_trailers_is_read_whole() {
+        let got = run(
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel",
+                b"lo\r",
+                b"\n6\r\n wor",
+                b"ld\r\n0\r\nx-trailer: 1\r\n",
+                b"\r\n",
+            ],
+            false,
+            Method::GET,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, (StatusCode::OK, Ok(b"hello world".to_vec()), true));
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped() {
+        let got = run(
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n",
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\ngone",
+            ],
+            false,
+            Method::GET,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, (StatusCode::NOT_FOUND, Ok(b"gone".to_vec()), true));
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body_whatever_their_fields_say() {
+        let got = run(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n"],
+            false,
+            Method::HEAD,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, (StatusCode::OK, Ok(Vec::new()), true));
+        for status in ["204 No Content", "304 Not Modified"] {
+            let line: &'static str =
+                format!("HTTP/1.1 {status}\r\ntransfer-encoding: chunked\r\n\r\n").leak();
+            let got = run(vec![line.as_bytes()], false, Method::GET)
+                .await
+                .unwrap();
+            assert_eq!(got.1, Ok(Vec::new()), "{status}");
+            assert!(got.2, "{status}");
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_that_cannot_carry_another_request_are_not_kept() {
+        // Ended by the connection's end.
+        let got = run(
+            vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"],
+            true,
+            Method::GET,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, (StatusCode::OK, Ok(b"until the end".to_vec()), false));
+        // Said so.
+        let got = run(
+            vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"],
+            true,
+            Method::GET,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, (StatusCode::OK, Ok(b"ok".to_vec()), false));
+        // HTTP/1.0.
+        let got = run(
+            vec![b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+            false,
+            Method::GET,
+        )
+        .await
+        .unwrap();
+        assert!(!got.2);
+        // More than it framed.
+        let got = run(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"],
+            false,
+            Method::GET,
+        )
+        .await
+        .unwrap();
+        assert_eq!((got.1, got.2), (Ok(b"ok".to_vec()), false));
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_not_an_end() {
+        let got = run(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
+            true,
+            Method::GET,
+        )
+        .await
+        .unwrap();
+        assert!(got.1.is_err(), "{got:?}");
+        let got = run(
+            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel"],
+            true,
+            Method::GET,
+        )
+        .await
+        .unwrap();
+        assert!(got.1.is_err(), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn broken_heads_are_errors() {
+        for (parts, what) in [
+            (
+                vec![&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"[..]],
+                "conflicting",
+            ),
+            (
+                vec![&b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"[..]],
+                "bad content-length",
+            ),
+            (vec![&b"SSH-2.0-OpenSSH\r\n\r\n"[..]], "not HTTP"),
+            (
+                vec![&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]],
+                "101",
+            ),
+            (vec![&b"HTTP/1.1 200 OK\r\nconte"[..]], "closed inside"),
+        ] {
+            let err = run(parts, true, Method::GET).await.expect_err(what);
+            assert!(err.to_string().contains(what), "{what}: {err}");
+            assert!(!err.before_response(), "{what}");
+        }
+        let err = run(vec![], true, Method::GET).await.expect_err("nothing");
+        assert!(err.before_response(), "{err}");
+    }
+}
