@@ -246,7 +246,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeErr
         headers.append(name, value);
     }
     let framing = framing(&headers)?;
-    let keep_alive = version == Version::HTTP_11 && !has_token(&headers, &CONNECTION, "close");
+    // Both framings at once (RFC 9112 §6.3): the transfer coding wins, the
+    // length is not passed on, and the connection is not trusted again.
+    let smuggled = headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH);
+    if smuggled {
+        headers.remove(CONTENT_LENGTH);
+    }
+    let keep_alive =
+        version == Version::HTTP_11 && !smuggled && !has_token(&headers, &CONNECTION, "close");
     Ok(Some((
         Head {
             status,
@@ -665,6 +672,24 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(got, (StatusCode::OK, Ok(b"ok".to_vec()), false));
+        // Both framings: chunked wins, the length goes, the connection too.
+        let (head, is_head) = get(Method::GET);
+        let conn = Conn::new(
+            upstream(
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+                false,
+            )
+            .await,
+        );
+        let resp = conn.exchange(&head, is_head).await.unwrap();
+        assert!(!resp.headers().contains_key(CONTENT_LENGTH));
+        let mut body = resp.into_body();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ok"
+        );
+        assert!(body.frame().await.is_none());
+        assert!(body.take_reusable().is_none());
         // HTTP/1.0.
         let got = run(
             vec![b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"],
