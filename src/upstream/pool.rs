@@ -160,19 +160,12 @@ impl Pool {
     }
 
     fn checkout_own(&self, key: &str) -> Option<(Arc<str>, h1::Conn)> {
-        let mut idle = self
-            .inner
-            .idle_own
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let key = Arc::clone(idle.get_key_value(key)?.0);
-        let list = idle.get_mut(&*key)?;
-        while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < self.inner.idle_timeout && conn.is_open() {
-                return Some((key, conn));
-            }
-        }
-        None
+        take_idle(
+            &self.inner.idle_own,
+            key,
+            self.inner.idle_timeout,
+            h1::Conn::is_open,
+        )
     }
 
     /// The most recently used idle connection to `key` that is still open.
@@ -180,15 +173,12 @@ impl Pool {
     /// this never waits: a wait here could queue one client's request behind
     /// another's slow upload.
     fn checkout(&self, key: &str) -> Option<(Arc<str>, Sender)> {
-        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let key = Arc::clone(idle.get_key_value(key)?.0);
-        let list = idle.get_mut(&*key)?;
-        while let Some((sender, since)) = list.pop() {
-            if since.elapsed() < self.inner.idle_timeout && sender.is_ready() {
-                return Some((key, sender));
-            }
-        }
-        None
+        take_idle(
+            &self.inner.idle,
+            key,
+            self.inner.idle_timeout,
+            Sender::is_ready,
+        )
     }
 
     async fn connect(&self, uri: &Uri) -> Result<Sender, PoolError> {
@@ -236,6 +226,34 @@ impl Inner {
     }
 }
 
+/// The most recently used idle connection to `key` younger than `timeout`
+/// that `usable` accepts; the older and unusable ones met on the way go.
+fn take_idle<C>(
+    idle: &Mutex<Idle<C>>,
+    key: &str,
+    timeout: Duration,
+    usable: impl Fn(&C) -> bool,
+) -> Option<(Arc<str>, C)> {
+    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+    let key = Arc::clone(idle.get_key_value(key)?.0);
+    let list = idle.get_mut(&*key)?;
+    while let Some((conn, since)) = list.pop() {
+        if since.elapsed() < timeout && usable(&conn) {
+            return Some((key, conn));
+        }
+    }
+    None
+}
+
+/// Drop the idle connections older than `timeout` or no longer `open`.
+fn expire<C>(idle: &Mutex<Idle<C>>, timeout: Duration, open: impl Fn(&C) -> bool) {
+    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+    for list in idle.values_mut() {
+        list.retain(|(c, since)| since.elapsed() < timeout && open(c));
+    }
+    idle.retain(|_, list| !list.is_empty());
+}
+
 fn put<C>(idle: &Mutex<Idle<C>>, max: usize, key: Arc<str>, conn: C) {
     let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
     let list = idle.entry(key).or_default();
@@ -252,18 +270,8 @@ async fn reap(pool: Weak<Inner>) {
     loop {
         tokio::time::sleep(every).await;
         let Some(p) = pool.upgrade() else { return };
-        {
-            let mut idle = p.idle.lock().unwrap_or_else(|e| e.into_inner());
-            for list in idle.values_mut() {
-                list.retain(|(s, since)| since.elapsed() < p.idle_timeout && !s.is_closed());
-            }
-            idle.retain(|_, list| !list.is_empty());
-        }
-        let mut idle = p.idle_own.lock().unwrap_or_else(|e| e.into_inner());
-        for list in idle.values_mut() {
-            list.retain(|(c, since)| since.elapsed() < p.idle_timeout && c.is_open());
-        }
-        idle.retain(|_, list| !list.is_empty());
+        expire(&p.idle, p.idle_timeout, |s| !s.is_closed());
+        expire(&p.idle_own, p.idle_timeout, h1::Conn::is_open);
     }
 }
 
