@@ -1,4 +1,5 @@
-//! The one body type every response leaves the proxy with, and small builders.
+//! The body type the proxy's layers pass along ([`Body`]), small builders, and
+//! [`Gather`], which every response leaves the proxy through.
 
 use bytes::{Buf, BufMut, Bytes};
 use http_body::{Frame, SizeHint};

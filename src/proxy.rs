@@ -84,6 +84,8 @@ const X_CHATHUB_INJECT: HeaderName = HeaderName::from_static("x-chathub-inject")
 
 /// The service function: never fails, logs one line per request when its body
 /// ends. `in_flight` is held until then (the connection parks only without one).
+/// The body leaves through [`Gather`], so that frames ready together go out in
+/// one write.
 pub async fn handle(
     state: Arc<State>,
     peer: SocketAddr,
