@@ -209,11 +209,11 @@ fn is_prefetch(headers: &HeaderMap) -> bool {
 /// validators and ranges go, so the upstream answers with a full 200 (a 304
 /// would keep a stale token in the browser; a 206 cannot be rewritten), and
 /// `Accept-Encoding` names only codings the proxy can decode.
-pub fn prepare_upstream_request(headers: &mut HeaderMap) {
+pub fn prepare_upstream_request(headers: &mut HeaderMap, accept: &crate::codec::Accept) {
     for name in [IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_RANGE, RANGE] {
         headers.remove(name);
     }
-    crate::codec::limit_accept_encoding(headers);
+    crate::codec::limit_accept_encoding(headers, accept);
 }
 
 /// What the rewriter needs to know about an eligible response.

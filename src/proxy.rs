@@ -216,15 +216,10 @@ async fn handle_inner(
     let page =
         match inject::check_request(&parts.method, &path, &parts.headers, &route, &cfg.inject) {
             Ok(()) => {
-                // Every Accept-Encoding line the client sent, kept for choosing
-                // the output coding before the upstream's copy is narrowed.
-                let client_accept: HeaderMap = parts
-                    .headers
-                    .get_all(header::ACCEPT_ENCODING)
-                    .iter()
-                    .map(|v| (header::ACCEPT_ENCODING, v.clone()))
-                    .collect();
-                inject::prepare_upstream_request(&mut parts.headers);
+                // Read before the upstream's copy is narrowed; it also
+                // chooses the output coding.
+                let client_accept = codec::Accept::of(&parts.headers);
+                inject::prepare_upstream_request(&mut parts.headers, &client_accept);
                 let (session, is_new) = match session_id {
                     Some(s) => (s, false),
                     None => (session::new_id(), true),
@@ -309,7 +304,7 @@ async fn handle_inner(
     };
 
     let rbody = body::boxed(rbody);
-    let out = codec::choose_output_for(&client_accept, info.coding);
+    let out = codec::choose_output(&client_accept, info.coding);
     let limits = codec::DecodeLimits::from_config(&cfg.inject);
     // gzip in and gzip out: the upstream's compressed bits are kept up to the
     // insertion point (codec::splice) instead of decoding and encoding again.

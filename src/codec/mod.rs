@@ -101,18 +101,24 @@ pub fn response_coding(headers: &HeaderMap) -> Result<Coding, CodingError> {
 /// A q-value in thousandths (RFC 9110 §12.4.2 allows at most three decimals).
 type Q = u16;
 
-/// One parsed `Accept-Encoding` list, as what negotiation reads of it: the
-/// highest q-value the client gave each coding the proxy knows, and the first
-/// `*`. Unknown tokens are never asked about, so they are not kept (a request
-/// reads this twice, and an owned token per element was most of its cost).
-#[derive(Debug, Default)]
-struct Accept {
+/// A client's `Accept-Encoding` (every field line), as what negotiation reads
+/// of it: the highest q-value given each coding the proxy knows, and the
+/// first `*`. Unknown tokens are never asked about, so they are not kept.
+/// Read once per request, before the upstream's copy is narrowed, and used
+/// both to narrow it and to choose the output coding.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Accept {
     /// Indexed by `Coding as usize`.
     explicit: [Option<Q>; 5],
     star: Option<Q>,
 }
 
 impl Accept {
+    /// The `Accept-Encoding` lines of a request (none: identity only).
+    pub fn of(headers: &HeaderMap) -> Accept {
+        Accept::parse(headers.get_all(ACCEPT_ENCODING))
+    }
+
     fn parse<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> Accept {
         let mut accept = Accept::default();
         for value in values {
@@ -202,8 +208,7 @@ fn push_q(out: &mut String, q: Q) {
 /// keeping the client's q-values (a coding it refuses with `q=0`, explicitly or
 /// through `*;q=0`, is never asked for). A client that names none of them gets
 /// an explicit `identity`, so the upstream cannot pick a coding on its own.
-pub fn limit_accept_encoding(headers: &mut HeaderMap) {
-    let accept = Accept::parse(headers.get_all(ACCEPT_ENCODING));
+pub fn limit_accept_encoding(headers: &mut HeaderMap, accept: &Accept) {
     let mut value = String::with_capacity(64);
     for c in [Coding::Gzip, Coding::Deflate, Coding::Br, Coding::Zstd] {
         let q = accept.q(c);
@@ -228,19 +233,8 @@ pub fn limit_accept_encoding(headers: &mut HeaderMap) {
 /// client accepts it, else the client's most preferred supported coding, else
 /// identity. A request without `Accept-Encoding` gets identity: RFC 9110 lets
 /// the proxy pick anything then, but identity is the choice no client breaks on.
-pub fn choose_output(client_accept: Option<&HeaderValue>, upstream: Coding) -> Coding {
-    match client_accept {
-        None => Coding::Identity,
-        Some(v) => choose(&Accept::parse([v]), upstream),
-    }
-}
-
-/// [`choose_output`] over every `Accept-Encoding` line of a request.
-pub fn choose_output_for(request: &HeaderMap, upstream: Coding) -> Coding {
-    if !request.contains_key(ACCEPT_ENCODING) {
-        return Coding::Identity;
-    }
-    choose(&Accept::parse(request.get_all(ACCEPT_ENCODING)), upstream)
+pub fn choose_output(accept: &Accept, upstream: Coding) -> Coding {
+    choose(accept, upstream)
 }
 
 fn choose(accept: &Accept, upstream: Coding) -> Coding {
@@ -341,7 +335,8 @@ mod tests {
         if let Some(a) = accept {
             m.insert(ACCEPT_ENCODING, HeaderValue::from_static(a));
         }
-        limit_accept_encoding(&mut m);
+        let accept = Accept::of(&m);
+        limit_accept_encoding(&mut m, &accept);
         m.get(ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("<none>")
@@ -386,7 +381,8 @@ mod tests {
     #[test]
     fn limit_accept_encoding_merges_field_lines() {
         let mut m = h(&[("accept-encoding", "gzip"), ("accept-encoding", "br")]);
-        limit_accept_encoding(&mut m);
+        let accept = Accept::of(&m);
+        limit_accept_encoding(&mut m, &accept);
         assert_eq!(m.get_all(ACCEPT_ENCODING).iter().count(), 1);
         assert_eq!(
             m.get(ACCEPT_ENCODING).map(|v| v.as_bytes()),
@@ -395,7 +391,11 @@ mod tests {
     }
 
     fn choose_for(accept: Option<&'static str>, upstream: Coding) -> Coding {
-        choose_output(accept.map(HeaderValue::from_static).as_ref(), upstream)
+        let mut m = HeaderMap::new();
+        if let Some(a) = accept {
+            m.insert(ACCEPT_ENCODING, HeaderValue::from_static(a));
+        }
+        choose_output(&Accept::of(&m), upstream)
     }
 
     #[test]
@@ -438,11 +438,11 @@ mod tests {
     }
 
     #[test]
-    fn choose_output_for_reads_every_line() {
+    fn choose_output_reads_every_line() {
         let req = h(&[("accept-encoding", "compress"), ("accept-encoding", "br")]);
-        assert_eq!(choose_output_for(&req, Coding::Gzip), Coding::Br);
+        assert_eq!(choose_output(&Accept::of(&req), Coding::Gzip), Coding::Br);
         assert_eq!(
-            choose_output_for(&HeaderMap::new(), Coding::Gzip),
+            choose_output(&Accept::of(&HeaderMap::new()), Coding::Gzip),
             Coding::Identity
         );
     }

@@ -132,12 +132,12 @@ impl Conn {
                     conn: Some(self),
                     framing,
                     reusable,
-                    done: None,
+                    ended: false,
                 });
                 *resp.status_mut() = head.status;
                 *resp.version_mut() = head.version;
                 *resp.headers_mut() = head.headers;
-                resp.body_mut().finish_if_ended();
+                resp.body_mut().end_if_done();
                 return Ok(resp);
             }
             if self.buf.len() >= MAX_HEAD {
@@ -314,31 +314,36 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// connection is handed out once by [`Incoming::take_reusable`].
 #[derive(Debug)]
 pub struct Incoming {
+    /// Until the end; after it, only if the connection may carry another
+    /// request.
     conn: Option<Conn>,
     framing: Framing,
     reusable: bool,
-    /// Set once the body has ended by its framing: the connection, if it may
-    /// carry another request.
-    done: Option<Option<Conn>>,
+    ended: bool,
 }
 
 impl Incoming {
     /// The connection, once the body has ended by its framing and the
     /// connection may carry another request.
     pub fn take_reusable(&mut self) -> Option<Conn> {
-        self.done.as_mut().and_then(Option::take)
+        if self.ended { self.conn.take() } else { None }
     }
 
-    fn ended(&self) -> bool {
-        self.done.is_some()
+    /// The body has ended: keep the connection only if it can be reused and
+    /// nothing was read past the response (the upstream said more than it
+    /// framed).
+    fn end(&mut self) {
+        self.ended = true;
+        let clean = self.conn.as_ref().is_some_and(|c| c.buf.is_empty());
+        if !(self.reusable && clean) {
+            self.conn = None;
+        }
     }
 
-    fn finish_if_ended(&mut self) {
-        if self.framing == Framing::Length(0) && self.done.is_none() {
-            let conn = self.conn.take();
-            // Bytes past the response: the upstream said more than it framed.
-            let clean = conn.as_ref().is_some_and(|c| c.buf.is_empty());
-            self.done = Some(conn.filter(|_| self.reusable && clean));
+    /// End a body whose length has run out.
+    fn end_if_done(&mut self) {
+        if self.framing == Framing::Length(0) {
+            self.end();
         }
     }
 
@@ -407,8 +412,7 @@ impl Incoming {
                     // Trailer fields are not passed on (nor does the proxy
                     // pass on hyper's); the empty line ends the body.
                     Some(l) if l.is_empty() => {
-                        self.framing = Framing::Length(0);
-                        self.finish_if_ended();
+                        self.end();
                         return Poll::Ready(Ok(None));
                     }
                     Some(_) => true,
@@ -459,7 +463,7 @@ impl http_body::Body for Incoming {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.ended() {
+        if this.ended {
             return Poll::Ready(None);
         }
         match this.framing {
@@ -473,7 +477,7 @@ impl http_body::Body for Incoming {
                 let n = left.min(buf.len() as u64) as usize;
                 let data = buf.split_to(n).freeze();
                 this.framing = Framing::Length(left - n as u64);
-                this.finish_if_ended();
+                this.end_if_done();
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Framing::Chunked(_) => match ready!(this.poll_chunked(cx)) {
@@ -483,8 +487,8 @@ impl http_body::Body for Incoming {
             },
             Framing::Eof => {
                 if this.buf().is_empty() && ready!(this.poll_fill(cx))? == 0 {
-                    this.conn = None;
-                    this.done = Some(None);
+                    // Never reusable (see `exchange`): the connection goes.
+                    this.end();
                     return Poll::Ready(None);
                 }
                 let data = this.buf().split().freeze();
@@ -494,12 +498,12 @@ impl http_body::Body for Incoming {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended()
+        self.ended
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.framing {
-            _ if self.ended() => SizeHint::with_exact(0),
+            _ if self.ended => SizeHint::with_exact(0),
             Framing::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
