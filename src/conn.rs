@@ -1,14 +1,20 @@
 //! One client connection: HTTP/1.1 or h2c (prior knowledge) on the same port,
 //! the idle deadline, graceful shutdown, and parking.
 //!
+//! HTTP/1.1 requests start on the proxy's own server path ([`h1`]), which
+//! serves plain page loads (GET and HEAD without a body or upgrade) in this
+//! task. The first request it does not take goes to hyper's connection with
+//! the bytes read so far, and hyper serves the connection from there.
+//!
 //! Parking: hyper keeps about 16 KiB of buffers per HTTP/1 connection for as
 //! long as it lives (an 8 KiB read buffer and an 8 KiB header buffer, both
 //! allocated up front). A keep-alive connection that has been quiet for
 //! [`PARK_AFTER`] between requests gives that state back: hyper hands over the
 //! socket and any bytes it read but did not parse ([`http1::Connection::into_parts`]),
-//! and the connection waits on the bare socket until the client sends again,
-//! when a fresh hyper connection takes over. nginx does the same with its idle
-//! keep-alive connections; it is what lets 10,000 of them fit in little memory.
+//! and the connection goes back to the own path, which holds no buffer while
+//! it waits (and counts as parked meanwhile). nginx does the same with its
+//! idle keep-alive connections; it is what lets 10,000 of them fit in little
+//! memory.
 //!
 //! A connection is only parked when nothing can be lost: no request in flight
 //! (every response body finished), no write the socket refused, no bytes read
@@ -36,6 +42,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+mod h1;
+
 /// How long an HTTP/1 keep-alive connection must be quiet before it is parked.
 /// Long enough that a connection in use (a page and its assets, a load test)
 /// sends its next request first and does not pay for a new hyper connection
@@ -54,18 +62,22 @@ pub struct Builders {
     h2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle: Duration,
+    /// Bytes of a head the own path reads before leaving it to hyper (the
+    /// same cap hyper's buffer has).
+    max_buf: usize,
 }
 
 impl Builders {
     pub fn new(config: &Config) -> Self {
         let s = &config.server;
+        let max_buf = s.max_header_bytes.max(8192) + 8192;
         let mut h1 = http1::Builder::new();
         // Without a timer hyper's header_read_timeout is inert (measured: slowloris
         // connections held forever), so install one explicitly.
         h1.timer(TokioTimer::new())
             .header_read_timeout(s.header_read_timeout)
             .max_headers(s.max_headers)
-            .max_buf_size(s.max_header_bytes.max(8192) + 8192)
+            .max_buf_size(max_buf)
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
@@ -78,6 +90,7 @@ impl Builders {
             h2,
             header_read_timeout: s.header_read_timeout,
             idle: s.idle_timeout,
+            max_buf,
         }
     }
 }
@@ -109,6 +122,12 @@ pub async fn serve(
         return;
     }
     loop {
+        // Plain page loads on the proxy's own path (h1.rs); hyper from the
+        // first request that path does not take.
+        match h1::serve(&mut io, peer, &state, &builders, &mut shutdown).await {
+            h1::End::Closed => return,
+            h1::End::HandOver(read) => io.prefix = read,
+        }
         let svc = service(state.clone(), peer, clock.clone());
         let conn = Box::pin(
             builders
@@ -119,7 +138,8 @@ pub async fn serve(
         let Some(conn) = drive(conn, &clock, &builders, &mut shutdown, true).await else {
             return;
         };
-        // Parked: keep the socket and whatever hyper had read, drop the rest.
+        // Parked: keep the socket and whatever hyper had read, drop the rest,
+        // and wait on the own path, which holds no buffer while it waits.
         let Some(parts) = Pin::into_inner(conn).into_parts() else {
             return; // upgraded meanwhile: the tunnel owns the socket
         };
@@ -129,23 +149,7 @@ pub async fn serve(
             ..
         } = parts;
         io = parked.into_inner();
-        // Normally empty; copied, and the buffer it sits in (hyper's whole
-        // read buffer) dropped now rather than at the end of the wait.
         io.prefix = Bytes::copy_from_slice(&read_buf);
-        drop(read_buf);
-        if !io.prefix.is_empty() {
-            continue;
-        }
-        state.metrics.connection_parked();
-        let wake = tokio::select! {
-            r = io.inner.readable() => r.is_ok(),
-            _ = shutdown.changed() => false,
-            _ = clock.idle_for(builders.idle) => false,
-        };
-        state.metrics.connection_unparked();
-        if !wake {
-            return;
-        }
     }
 }
 
@@ -191,7 +195,12 @@ fn service(
         // Boxed: hyper keeps one slot of the service future's size per
         // connection for its whole life, and `handle`'s state machine is
         // several KiB. Boxing makes it a per-request allocation.
-        Box::pin(proxy::handle(state.clone(), peer, req, guard)) as Handling
+        Box::pin(proxy::handle(
+            state.clone(),
+            peer,
+            req.map(crate::body::boxed),
+            guard,
+        )) as Handling
     })
 }
 

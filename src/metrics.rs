@@ -236,6 +236,11 @@ impl Metrics {
         self.parked.dec();
     }
 
+    /// Client connections open right now.
+    pub fn open_connections(&self) -> i64 {
+        self.connections.get()
+    }
+
     /// Connections parked right now.
     pub fn parked_connections(&self) -> i64 {
         self.parked.get()

@@ -24,7 +24,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -89,7 +88,7 @@ const X_CHATHUB_INJECT: HeaderName = HeaderName::from_static("x-chathub-inject")
 pub async fn handle(
     state: Arc<State>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<Body>,
     in_flight: InFlight,
 ) -> Result<Response<Gather>, Infallible> {
     let start = Instant::now();
@@ -137,7 +136,7 @@ pub async fn handle(
 async fn handle_inner(
     state: &State,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     span: &Span,
     matched: &mut Option<Arc<Route>>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -234,12 +233,7 @@ async fn handle_inner(
         };
     let is_head = parts.method == Method::HEAD;
 
-    let mut resp = Box::pin(
-        state
-            .upstream
-            .send(Request::from_parts(parts, body::boxed(body))),
-    )
-    .await?;
+    let mut resp = Box::pin(state.upstream.send(Request::from_parts(parts, body))).await?;
 
     // 4. Upgrades (WebSocket) become a byte tunnel once both sides agree.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -475,7 +469,7 @@ fn mark(headers: &mut HeaderMap, cfg: &Config, outcome: Result<(), Skip>) {
 
 /// The one Host of a request: the URI authority (HTTP/2 `:authority` or an
 /// absolute-form target) wins over the header, as RFC 9112 §3.2.2 says.
-fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
+fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {

@@ -676,6 +676,46 @@ async fn server_sent_events_arrive_one_by_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_a_paused_response_is_let_go_at_once() {
+    let gate = Gate::new();
+    let origin = Origin::builder()
+        .sse_gated("/events", &["e0", "e1"], &gate)
+        .start()
+        .await;
+    let proxy = Proxy::with_origin(&one_route(SITE), &origin).await;
+    let mut tcp = client::connect_from(proxy.addr, None).await.unwrap();
+    tcp.write_all(format!("GET /events HTTP/1.1\r\nHost: {SITE}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: e0") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+        )
+        .await
+        .expect("the first event in time")
+        .unwrap();
+        assert!(n > 0, "closed before the first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(proxy.metrics.open_connections(), 1);
+    // The origin holds the next event until the gate opens; the client goes.
+    drop(tcp);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while proxy.metrics.open_connections() != 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy.metrics.open_connections(),
+        0,
+        "the connection waited for the origin's next event after its client left"
+    );
+    gate.open();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_client_reaches_an_http1_origin() {
     let origin = Origin::echo().await;
     let proxy = Proxy::with_origin(&one_route(SITE), &origin).await;

@@ -1,5 +1,6 @@
 //! Parking idle keep-alive connections (src/conn.rs): a connection quiet
-//! between requests gives up its hyper state and waits on the bare socket.
+//! between requests holds no buffer (the own server path) or gives up its
+//! hyper state (after a request hyper served), and waits on the bare socket.
 //! Each test shows the connection parked (or not) through the
 //! `parked_connections` gauge, and that the client never notices.
 
@@ -71,7 +72,7 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_the_next_request() {
         "the idle connection was never parked"
     );
 
-    // The same socket, now served by a fresh hyper connection.
+    // The same socket, served again after the wait.
     tcp.write_all(get("/b").as_bytes()).await.expect("write");
     assert_eq!(response(&mut tcp).await, (200, b"second".to_vec()));
     assert!(
@@ -159,4 +160,24 @@ async fn parked_connections_close_at_the_idle_timeout_and_at_shutdown() {
     );
     let closed = tokio::time::timeout(WAIT, held.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_hyper_served_is_parked_and_back_on_the_own_path() {
+    let (_origin, proxy) = start().await;
+    let mut tcp = connect_from(proxy.addr, None).await.expect("connect");
+    // Not a GET or HEAD: hyper's connection serves it (conn/h1.rs hands over).
+    let delete = format!("DELETE /a HTTP/1.1\r\nHost: {SITE}\r\n\r\n");
+    tcp.write_all(delete.as_bytes()).await.expect("write");
+    assert_eq!(response(&mut tcp).await.0, 200);
+    assert!(
+        parked(&proxy, 1).await,
+        "hyper's idle connection was never parked"
+    );
+    // Two pipelined GETs on the same socket, now on the own path.
+    tcp.write_all(format!("{}{}", get("/b"), get("/a")).as_bytes())
+        .await
+        .expect("write");
+    assert_eq!(response(&mut tcp).await, (200, b"second".to_vec()));
+    assert_eq!(response(&mut tcp).await, (200, b"first".to_vec()));
 }
