@@ -334,8 +334,9 @@ async fn respond(
     }
 }
 
-/// A chunked body (length unknown up front): each frame as one chunk, then
-/// the last chunk.
+/// A chunked body (length unknown up front): each frame as one chunk. The
+/// last chunk goes out with the last data when the body's end is already
+/// known then (a rewritten page read in one piece: one write, not two).
 async fn stream_chunked(
     io: &mut IdleIo,
     buf: &mut BytesMut,
@@ -344,26 +345,45 @@ async fn stream_chunked(
     keep_alive: bool,
 ) -> std::io::Result<bool> {
     let mut pending_head = Some(head);
+    let mut ahead = None;
     loop {
-        let frame = next_frame(io, buf, body, &mut pending_head).await?;
-        let mut prefix = pending_head.take().unwrap_or_default();
+        let frame = match ahead.take() {
+            Some(frame) => Some(frame),
+            None => next_frame(io, buf, body, &mut pending_head).await?,
+        };
+        let mut out = pending_head.take().unwrap_or_default();
         let Some(frame) = frame else {
-            prefix.extend_from_slice(b"0\r\n\r\n");
-            write_buf(io, &mut Bytes::from(prefix)).await?;
+            out.extend_from_slice(b"0\r\n\r\n");
+            write_buf(io, &mut Bytes::from(out)).await?;
             return Ok(keep_alive);
         };
         let Ok(data) = frame.into_data() else {
+            if !out.is_empty() {
+                pending_head = Some(out);
+            }
             continue;
         };
         if !data.has_remaining() {
-            if !prefix.is_empty() {
-                pending_head = Some(prefix);
+            if !out.is_empty() {
+                pending_head = Some(out);
             }
             continue;
         }
-        hex_line(&mut prefix, data.remaining());
-        let mut out = Bytes::from(prefix).chain(data).chain(&b"\r\n"[..]);
-        write_buf(io, &mut out).await?;
+        hex_line(&mut out, data.remaining());
+        // Is the body done? Only what is ready now is looked at.
+        let ended = match body.frame().now_or_never() {
+            Some(None) => true,
+            Some(Some(next)) => {
+                ahead = Some(next.map_err(std::io::Error::other)?);
+                false
+            }
+            None => false,
+        };
+        let tail: &'static [u8] = if ended { b"\r\n0\r\n\r\n" } else { b"\r\n" };
+        write_buf(io, &mut Bytes::from(out).chain(data).chain(tail)).await?;
+        if ended {
+            return Ok(keep_alive);
+        }
     }
 }
 
