@@ -357,18 +357,15 @@ async fn stream_chunked(
             write_buf(io, &mut Bytes::from(out)).await?;
             return Ok(keep_alive);
         };
-        let Ok(data) = frame.into_data() else {
-            if !out.is_empty() {
-                pending_head = Some(out);
+        // Trailers (not on this path) and empty frames write nothing; an
+        // unsent head waits for the next frame.
+        let data = match frame.into_data() {
+            Ok(data) if data.has_remaining() => data,
+            _ => {
+                pending_head = (!out.is_empty()).then_some(out);
+                continue;
             }
-            continue;
         };
-        if !data.has_remaining() {
-            if !out.is_empty() {
-                pending_head = Some(out);
-            }
-            continue;
-        }
         hex_line(&mut out, data.remaining());
         // Is the body done? Only what is ready now is looked at.
         let ended = match body.frame().now_or_never() {
