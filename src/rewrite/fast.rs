@@ -9,13 +9,27 @@
 //! void elements; an end tag pops up to the nearest element of that name).
 //! The snippet goes before a `</body>` that finds a `<body>` on that stack.
 //!
-//! It hands over at `<svg>`, `<math>`, `<template>`, `<frameset>`, `<plaintext>`,
+//! It hands over at `<math>`, `<template>`, `<frameset>`, `<plaintext>`,
 //! `<!--` inside a script, odd tag names, self-closing raw-text tags, very deep
 //! nesting or a tag longer than [`MAX_TAG`]. Hand-over happens at the `<` of
 //! that construct, where lol_html, started fresh and fed one start tag per
 //! element on the stack (output discarded), is in exactly the state it would
 //! have reached by reading the page from the top. The differential property
 //! test in `tests.rs` holds both paths to the same output bytes.
+//!
+//! Inline SVG (icons, logos: common in page headers, where a hand-over would
+//! leave the rest of the page to lol_html) is followed as lol_html's tree
+//! builder simulator follows it: inside `<svg>` there is no raw text, a
+//! self-closing start tag pushes nothing, and `</svg>` leaves. An icon's
+//! `<title>` or `<desc>` (HTML content again, for lol_html) is followed while
+//! it holds only text. Everything else in SVG that changes lol_html's
+//! namespace hands over: `foreignObject`, markup inside a `<title>` or
+//! `<desc>`, the tags that end foreign content (`<div>`, `<p>`, `<font>`…
+//! and `</p>`, `</br>`), `<![CDATA[`, `<svg/>` (lol_html enters SVG for it with no element
+//! to leave by), scripts, void and raw-text names other than `<style>`, an end
+//! tag that would pop an `<svg>` other than `</svg>`, and `</body>`. So the
+//! number of `<svg>` elements on the stack is always the depth of lol_html's
+//! namespace stack, and a hand-over replays it exactly.
 //!
 //! When the proxy reads the page's own CSP ([`Watch::csp`]), the things lol_html
 //! would collect for it also hand over: a `<meta http-equiv>` and a `<script>`
@@ -50,7 +64,9 @@ struct Name {
 
 impl Name {
     /// The tag name from `start` to the first space, `/` or `>`, read and
-    /// packed in one pass.
+    /// packed in one pass. Always inlined: `tag` is its hot caller, the SVG
+    /// steps read it again.
+    #[inline(always)]
     fn read(buf: &[u8], start: usize) -> NameRead {
         let bytes = &buf[start.min(buf.len())..];
         let mut words = [0u64; 3];
@@ -137,6 +153,10 @@ const fn lit(name: &[u8]) -> Name {
 
 const BODY: Name = lit(b"body");
 const META: Name = lit(b"meta");
+const SVG: Name = lit(b"svg");
+const STYLE: Name = lit(b"style");
+const TITLE: Name = lit(b"title");
+const DESC: Name = lit(b"desc");
 
 /// Tag name bytes the fast path accepts, lower-cased; 0 for the others.
 static NAME_BYTE: [u8; 256] = {
@@ -210,6 +230,33 @@ fn kind(name: Name) -> Kind {
     }
 }
 
+/// Whether a start tag inside SVG stays ordinary foreign content (pushed
+/// unless self-closing, its text parsed as data). Everything else there is
+/// lol_html's: `kind`'s hand-overs, scripts and void and raw-text names (except
+/// `<style>`, common in exported icons), `foreignObject`, and the tags that end
+/// foreign content. (`<title>` and `<desc>` are the caller's.)
+fn stays_foreign(name: Name) -> bool {
+    /// lol_html's `causes_foreign_content_exit` (less the void names, which
+    /// `kind` already turns away), with `font`, which ends it only with some
+    /// attributes.
+    #[rustfmt::skip]
+    const ENDS_SVG: [Name; 40] = [
+        lit(b"b"), lit(b"big"), lit(b"body"), lit(b"center"), lit(b"code"), lit(b"dd"),
+        lit(b"div"), lit(b"dl"), lit(b"dt"), lit(b"em"), lit(b"h1"), lit(b"h2"), lit(b"h3"),
+        lit(b"h4"), lit(b"h5"), lit(b"h6"), lit(b"head"), lit(b"i"), lit(b"li"), lit(b"listing"),
+        lit(b"menu"), lit(b"nobr"), lit(b"ol"), lit(b"p"), lit(b"pre"), lit(b"ruby"), lit(b"s"),
+        lit(b"small"), lit(b"span"), lit(b"strong"), lit(b"strike"), lit(b"sub"), lit(b"sup"),
+        lit(b"table"), lit(b"tt"), lit(b"u"), lit(b"ul"), lit(b"var"), lit(b"font"),
+        lit(b"blockquote"),
+    ];
+    const FOREIGN_OBJECT: Name = lit(b"foreignobject");
+    match kind(name) {
+        Kind::Normal => name != FOREIGN_OBJECT && !ENDS_SVG.contains(&name),
+        Kind::Raw(RawKind::Text) => name == STYLE,
+        Kind::Raw(RawKind::Script) | Kind::Void | Kind::HandsOver => false,
+    }
+}
+
 fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b'\x0C')
 }
@@ -250,6 +297,11 @@ pub(super) struct Watch {
 /// The fast path's state for one response.
 pub(super) struct Scanner {
     stack: Vec<Name>,
+    /// `<svg>` elements on `stack`: lol_html's SVG namespace depth.
+    svg: u32,
+    /// Inside an SVG `<title>` or `<desc>` (the stack's top): HTML content
+    /// for lol_html, so only its text and its end tag are followed.
+    in_svg_text: bool,
     text: Text,
     /// Bytes of an unfinished construct (from its `<`), or the last few bytes
     /// of a comment, carried to the next chunk.
@@ -274,6 +326,8 @@ impl Scanner {
     pub(super) fn new(script_id: &str, watch: Watch) -> Self {
         Scanner {
             stack: Vec::new(),
+            svg: 0,
+            in_svg_text: false,
             text: Text::Data,
             pending: BytesMut::new(),
             script_id: script_id.as_bytes().into(),
@@ -378,9 +432,18 @@ impl Scanner {
             return Err(hold());
         };
         match next {
-            b'a'..=b'z' | b'A'..=b'Z' => self.tag(buf, lt, false),
+            b'a'..=b'z' | b'A'..=b'Z' if self.svg > 0 => self.foreign_tag(buf, lt, false),
+            // `<svg>` is one of `tag`'s hand-overs: taken back here, off the
+            // path every other tag takes.
+            b'a'..=b'z' | b'A'..=b'Z' => match self.tag(buf, lt, false) {
+                Err(Scan::Handoff(at)) if at == lt && is_svg(buf, lt) => {
+                    self.foreign_tag(buf, lt, false)
+                }
+                step => step,
+            },
             b'/' => match buf.get(lt + 2) {
                 None => Err(hold()),
+                Some(b'a'..=b'z' | b'A'..=b'Z') if self.svg > 0 => self.foreign_tag(buf, lt, true),
                 Some(b'a'..=b'z' | b'A'..=b'Z') => self.tag(buf, lt, true),
                 // `</>` is dropped by the tokenizer; the bytes pass through.
                 Some(b'>') => Ok(lt + 3),
@@ -389,6 +452,8 @@ impl Scanner {
                     Ok(lt + 2)
                 }
             },
+            // `<![CDATA[` is a CDATA section in SVG: lol_html's.
+            b'!' if self.svg > 0 && buf.get(lt + 2) == Some(&b'[') => Err(Scan::Handoff(lt)),
             b'!' => {
                 let Some(rest) = buf.get(lt + 2..lt + 4) else {
                     // `<!` or `<!-`: comment or not depends on the next bytes.
@@ -552,6 +617,99 @@ impl Scanner {
 }
 
 impl Scanner {
+    /// A tag inside SVG, or `<svg>` itself. Out of line, and reached from
+    /// `data` rather than from `tag`, so that the path every HTML tag takes
+    /// compiles as it did before SVG was followed: reached from `tag`, it cost
+    /// that path 5–16 % more instructions on the bench page (`finish_tag`, the
+    /// name and the stack search were no longer inlined, or the name and the
+    /// tag were kept in memory).
+    #[inline(never)]
+    fn foreign_tag(&mut self, buf: &[u8], lt: usize, is_end: bool) -> Result<usize, Scan> {
+        let (name, name_end) = match Name::read(buf, lt + 1 + usize::from(is_end)) {
+            NameRead::Name(name, end) => (name, end),
+            NameRead::Incomplete => return Err(hold_from(buf, lt)),
+            NameRead::Odd => return Err(Scan::Handoff(lt)),
+        };
+        if is_end {
+            self.foreign_end(buf, lt, name, name_end)
+        } else {
+            self.foreign_start(buf, lt, name, name_end)
+        }
+    }
+
+    /// A start tag inside SVG, or `<svg>` itself.
+    fn foreign_start(
+        &mut self,
+        buf: &[u8],
+        lt: usize,
+        name: Name,
+        name_end: usize,
+    ) -> Result<usize, Scan> {
+        let text_point = name == TITLE || name == DESC;
+        if self.in_svg_text || (name != SVG && !text_point && !stays_foreign(name)) {
+            return Err(Scan::Handoff(lt));
+        }
+        // Attributes read: `/>` decides whether the element is pushed.
+        let tag = match finish_tag(buf, name_end, true) {
+            Parsed::Incomplete => return Err(hold_from(buf, lt)),
+            Parsed::Tag(tag) => tag,
+        };
+        if tag.self_closing {
+            return if name == SVG {
+                Err(Scan::Handoff(lt))
+            } else {
+                Ok(tag.end)
+            };
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(Scan::Handoff(lt));
+        }
+        self.stack.push(name);
+        if name == SVG {
+            self.svg += 1;
+        }
+        self.in_svg_text = text_point;
+        Ok(tag.end)
+    }
+
+    /// An end tag inside SVG.
+    fn foreign_end(
+        &mut self,
+        buf: &[u8],
+        lt: usize,
+        name: Name,
+        name_end: usize,
+    ) -> Result<usize, Scan> {
+        const P: Name = lit(b"p");
+        const BR: Name = lit(b"br");
+        // `</p>` and `</br>` leave SVG; `</body>` inside it is not the
+        // insertion point, and what comes of it is the engine's to say. In a
+        // `<title>` or `<desc>`, any end tag but its own changes lol_html's
+        // namespace in ways not followed here.
+        if name == P
+            || name == BR
+            || name == BODY
+            || (self.in_svg_text && self.stack.last() != Some(&name))
+        {
+            return Err(Scan::Handoff(lt));
+        }
+        let tag = match finish_tag(buf, name_end, false) {
+            Parsed::Incomplete => return Err(hold_from(buf, lt)),
+            Parsed::Tag(tag) => tag,
+        };
+        if let Some(at) = self.stack.iter().rposition(|n| *n == name) {
+            if name == SVG {
+                self.svg -= 1;
+            } else if self.stack[at..].contains(&SVG) {
+                // It would pop an `<svg>` while lol_html stays in SVG.
+                return Err(Scan::Handoff(lt));
+            }
+            self.stack.truncate(at);
+        }
+        self.in_svg_text = false;
+        Ok(tag.end)
+    }
+
     /// lol_html's `adjust_charset_on_meta_tag`: the first `<meta charset>`
     /// naming an ASCII-compatible encoding sets it, once.
     fn follow_charset(&mut self, buf: &[u8], tag: &Tag) {
@@ -563,6 +721,11 @@ impl Scanner {
                 .and_then(AsciiCompatibleEncoding::new);
         }
     }
+}
+
+/// A start tag named `svg` (any case) at `lt`.
+fn is_svg(buf: &[u8], lt: usize) -> bool {
+    matches!(Name::read(buf, lt + 1), NameRead::Name(name, _) if name == SVG)
 }
 
 /// Keep everything from `at` for the next chunk, unless that is already more

@@ -846,8 +846,9 @@ fn body_end_positions(page: &[u8]) -> Vec<usize> {
 fn fixture_pages() {
     use Expect::*;
     use encoding_rs::*;
-    let cases: [(&str, &[Option<&'static Encoding>], Expect); 12] = [
+    let cases: [(&str, &[Option<&'static Encoding>], Expect); 13] = [
         ("cms-blog.html", &[None, Some(UTF_8)], BeforeLastBodyEnd),
+        ("svg-icons.html", &[None, Some(UTF_8)], BeforeLastBodyEnd),
         ("no-body-end.html", &[None, Some(UTF_8)], AtEnd),
         (
             "windows-1251.html",

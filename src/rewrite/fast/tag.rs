@@ -160,6 +160,7 @@ pub(super) enum Parsed {
 
 /// The rest of a tag whose name ends at `p`: with `detailed`, by lol_html's
 /// attribute states, noting the attributes; otherwise only where it ends.
+#[inline(always)]
 pub(super) fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
     if detailed {
         parse_attributes(buf, p)
@@ -176,6 +177,7 @@ pub(super) fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
 /// the run since the last value, or after a `/` (which puts lol_html back in
 /// the before-attribute-name state). Everything else in a run (names, stray
 /// quotes inside names) is passed over.
+#[inline(always)]
 fn skip_attributes(buf: &[u8], mut p: usize) -> Parsed {
     // Start of the current run without a value, and whether a name has
     // begun in it at a `=` or quote already passed over.
@@ -232,6 +234,7 @@ fn is_space(b: u8) -> bool {
 /// `p`, written as one loop per attribute rather than a state per byte: the
 /// before-name, name, after-name, before-value and value states follow each
 /// other in that order, so each becomes a step with a tight inner loop.
+#[inline(always)]
 fn parse_attributes(buf: &[u8], mut p: usize) -> Parsed {
     let mut tag = Tag::ending_at(0);
     loop {

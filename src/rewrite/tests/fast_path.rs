@@ -149,6 +149,28 @@ fn fast_path_matches_lol_html_on_fixtures_and_table_cases() {
             "<body><div><body></div></body>",
             "<body><template></body></template></body>",
             "<body><svg><p></body>",
+            // Inline SVG, followed by the fast path.
+            "<body><svg viewBox=\"0 0 1 1\"><path d=\"M0 0\"/><g><style>a>b{}</style></g></svg>x</body>",
+            "<body><svg><svg><g></svg><g></g></svg></g></body>",
+            "<body><div><svg><g></div></g></svg></div></body>",
+            "<body><div><svg></div><style></body></style>x</body>",
+            "<body><svg><circle/></circle></svg></body>",
+            "<body><svg><style></body></style></svg><p>x</p></body>",
+            "<body><svg><![CDATA[</body>]]></svg></body>",
+            "<body><svg/><p>x</p></body>",
+            "<body><svg><font color=x><b></b></font></svg></body>",
+            "<body><svg><font><b></b></font></svg></body>",
+            "<body><svg><title></body></title></svg></body>",
+            "<body><svg><symbol><title>Search &amp; find</title><path/></symbol><desc>d</desc></svg></body>",
+            "<body><svg><title><b>x</b></title></svg></body>",
+            "<body><svg><title></desc></title></svg></body>",
+            "<body><svg><title/><desc/><g></g></svg></body>",
+            "<body><svg><title><!-- c --></title></svg><title>a</title></body>",
+            "<body><svg><desc/><foreignObject/><text>a < b</text></svg></body>",
+            "<body><svg></br></svg></body>",
+            "<body><svg><script id=operator-chat-panel-script></script></svg></body>",
+            "<body><svg><linearGradient></LINEARGRADIENT><img></svg></body>",
+            "</svg><body></svg></body>",
             // The page CSP scan: `<meta>` policies, nonces, and the charset they are read in.
             "<head><meta http-equiv=Content-Security-Policy content=\"script-src 'nonce-abc'\"></head>\
              <body><script nonce=abc>x</script></body>",
@@ -183,12 +205,16 @@ fn the_engine_switch_turns_the_fast_path_off_only_when_asked() {
 fn fast_path_decides_ordinary_pages_without_lol_html() {
     let mut page = String::from(
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>T</title>\
-         <script async src=/a.js></script><style>p{x:1}</style></head><body class=home>",
+         <script async src=/a.js></script><style>p{x:1}</style></head><body class=home>\
+         <header><a href=/><svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 24 24\" \
+         role=img><title>Example &amp; Co</title><defs><style>.c{fill:#09f}</style></defs><g class=c>\
+         <path d=\"M12 2L2 7l10 5 10-5-10-5z\"/><circle cx=\"12\" cy=\"12\" r=\"3\"/></g></svg></a></header>",
     );
     for i in 0..200 {
         page.push_str(&format!(
             "<article id=a{i}><h2><a href=\"/s/{i}?a=1&amp;b=2\" title='x > y'>Story</a></h2>\
-             <img src=/i/{i}.jpg alt=\"\"><p>Text &amp; more <em>text</em>.</p><!-- slot --></article>\n"
+             <img src=/i/{i}.jpg alt=\"\"><p>Text &amp; more <em>text</em>.</p><!-- slot -->\
+             <button><svg viewBox=\"0 0 8 8\"><use href=\"#heart\"/></svg>Like</button></article>\n"
         ));
     }
     page.push_str("<script>var s = '</body>' < 1;</script></body></html>");
@@ -216,6 +242,30 @@ fn fast_path_decides_ordinary_pages_without_lol_html() {
             "size {size}"
         );
         assert_eq!(out, expected[..out.len()], "size {size}");
+    }
+}
+
+#[test]
+fn fast_path_follows_inline_svg_icons_without_lol_html() {
+    // A sprite of symbols with titles, a logo with title, desc, style and text,
+    // icon buttons: all followed, and the snippet goes before the real `</body>`.
+    let page = fixture("svg-icons.html");
+    for size in [1, 7, 4096, usize::MAX] {
+        let mut scanner = fast::Scanner::new(ID, fast::Watch::default());
+        let mut out = Vec::new();
+        let mut step = "more";
+        for chunk in split(&page, size) {
+            step = match scanner.feed(chunk, SNIPPET, &mut |b| out.extend_from_slice(&b)) {
+                fast::Step::More => continue,
+                fast::Step::Injected => "injected",
+                fast::Step::AlreadyPresent => "already_present",
+                fast::Step::Handoff { .. } => "handoff",
+            };
+            break;
+        }
+        assert_eq!(step, "injected", "chunk size {size}");
+        let at = memchr::memmem::rfind(&page, b"</body>").unwrap_or(0);
+        assert_eq!(out, inserted_at(&page, at)[..out.len()], "size {size}");
     }
 }
 
@@ -313,6 +363,27 @@ mod differential {
             "<svg>",
             "</svg>",
             "<svg/>",
+            "<SVG viewBox=\"0 0 24 24\" aria-hidden=true>",
+            "</SVG >",
+            "<g>",
+            "</g>",
+            "<g/>",
+            "<path d=\"M0 0h24v24H0z\"/>",
+            "<circle r=1 />",
+            "<use href=#i/>",
+            "<linearGradient id=lg>",
+            "</lineargradient>",
+            "<text>",
+            "</text>",
+            "<font>",
+            "<font color=red>",
+            "<b>",
+            "</b>",
+            "<desc/>",
+            "</desc>",
+            "<symbol id=s>",
+            "<foreignobject/>",
+            "<blockquote>",
             "<math>",
             "</math>",
             "<foreignObject>",
