@@ -9,9 +9,11 @@
 //! void elements; an end tag pops up to the nearest element of that name).
 //! The snippet goes before a `</body>` that finds a `<body>` on that stack.
 //!
-//! It hands over at `<math>`, `<template>`, `<frameset>`, `<plaintext>`,
-//! `<!--` inside a script, odd tag names, self-closing raw-text tags, very deep
-//! nesting or a tag longer than [`MAX_TAG`]. Hand-over happens at the `<` of
+//! It hands over at `<math>`, `<frameset>`, `<plaintext>`, `<!--` inside a
+//! script, odd tag names, self-closing raw-text tags, very deep nesting, a tag
+//! longer than [`MAX_TAG`], or a `</body>` while a `<template>` is open (the
+//! engine does not insert inside one; lol_html's own parsing of a template is
+//! that of any element). Hand-over happens at the `<` of
 //! that construct, where lol_html, started fresh and fed one start tag per
 //! element on the stack (output discarded), is in exactly the state it would
 //! have reached by reading the page from the top. The differential property
@@ -156,6 +158,7 @@ const META: Name = lit(b"meta");
 const SVG: Name = lit(b"svg");
 const STYLE: Name = lit(b"style");
 const TITLE: Name = lit(b"title");
+const TEMPLATE: Name = lit(b"template");
 const DESC: Name = lit(b"desc");
 
 /// Tag name bytes the fast path accepts, lower-cased; 0 for the others.
@@ -181,7 +184,7 @@ enum Kind {
     Void,
     /// Pushed, and its text is raw until its end tag.
     Raw(RawKind),
-    /// Changes the rules (foreign content, template contents) or decides the
+    /// Changes the rules (MathML, and SVG, which `foreign_tag` takes back) or decides the
     /// page (frameset, plaintext): lol_html's business.
     HandsOver,
 }
@@ -206,7 +209,7 @@ fn kind(name: Name) -> Kind {
         PARAM = b"param", SOURCE = b"source", TRACK = b"track", WBR = b"wbr",
         SCRIPT = b"script", TEXTAREA = b"textarea", TITLE = b"title", STYLE = b"style",
         IFRAME = b"iframe", XMP = b"xmp", NOEMBED = b"noembed", NOFRAMES = b"noframes",
-        NOSCRIPT = b"noscript", SVG = b"svg", MATH = b"math", TEMPLATE = b"template",
+        NOSCRIPT = b"noscript", SVG = b"svg", MATH = b"math",
         FRAMESET = b"frameset",
     }
     const PLAINTEXT: Name = lit(b"plaintext");
@@ -225,7 +228,7 @@ fn kind(name: Name) -> Kind {
         TEXTAREA | TITLE | STYLE | IFRAME | XMP | NOEMBED | NOFRAMES | NOSCRIPT => {
             Kind::Raw(RawKind::Text)
         }
-        SVG | MATH | TEMPLATE | FRAMESET => Kind::HandsOver,
+        SVG | MATH | FRAMESET => Kind::HandsOver,
         _ => Kind::Normal,
     }
 }
@@ -251,7 +254,7 @@ fn stays_foreign(name: Name) -> bool {
     ];
     const FOREIGN_OBJECT: Name = lit(b"foreignobject");
     match kind(name) {
-        Kind::Normal => name != FOREIGN_OBJECT && !ENDS_SVG.contains(&name),
+        Kind::Normal => name != FOREIGN_OBJECT && name != TEMPLATE && !ENDS_SVG.contains(&name),
         Kind::Raw(RawKind::Text) => name == STYLE,
         Kind::Raw(RawKind::Script) | Kind::Void | Kind::HandsOver => false,
     }
@@ -581,6 +584,11 @@ impl Scanner {
         }
         if is_end {
             if name == BODY && self.stack.contains(&BODY) {
+                // Not the insertion point while a `<template>` is open; what
+                // comes of it is the engine's to say.
+                if self.stack.contains(&TEMPLATE) {
+                    return Err(Scan::Handoff(lt));
+                }
                 return Err(Scan::Inject(lt));
             }
             if let Some(at) = self.stack.iter().rposition(|n| *n == name) {

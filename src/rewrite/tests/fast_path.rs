@@ -171,6 +171,11 @@ fn fast_path_matches_lol_html_on_fixtures_and_table_cases() {
             "<body><svg><script id=operator-chat-panel-script></script></svg></body>",
             "<body><svg><linearGradient></LINEARGRADIENT><img></svg></body>",
             "</svg><body></svg></body>",
+            "<body><template><p>x</p></template><p>y</p></body>",
+            "<template><body></body></template></body>",
+            "<body><template></body></template></body>",
+            "<body><template/><p></body>",
+            "<body><svg><template></template></svg></body>",
             // The page CSP scan: `<meta>` policies, nonces, and the charset they are read in.
             "<head><meta http-equiv=Content-Security-Policy content=\"script-src 'nonce-abc'\"></head>\
              <body><script nonce=abc>x</script></body>",
@@ -217,7 +222,10 @@ fn fast_path_decides_ordinary_pages_without_lol_html() {
              <button><svg viewBox=\"0 0 8 8\"><use href=\"#heart\"/></svg>Like</button></article>\n"
         ));
     }
-    page.push_str("<script>var s = '</body>' < 1;</script></body></html>");
+    page.push_str(
+        "<template id=row><tr><td class=name></td><td><svg><use href=#x /></svg></td></tr></template>\
+         <script>var s = '</body>' < 1;</script></body></html>",
+    );
     for size in [1, 13, 4096, usize::MAX] {
         let mut scanner = fast::Scanner::new(ID, fast::Watch::default());
         let mut out = Vec::new();
