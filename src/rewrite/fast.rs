@@ -274,6 +274,11 @@ enum Text {
     Bogus,
     /// Inside the text of a raw-text element (its name is the stack top).
     Raw(RawKind),
+    /// Inside `<!--` in a script: lol_html's escaped script data states, and
+    /// with `double` its double-escaped ones (after a `<script` there).
+    Escaped {
+        double: bool,
+    },
 }
 
 /// What a call to [`Scanner::feed`] decided.
@@ -416,6 +421,7 @@ impl Scanner {
                     None => Err(Scan::Hold(buf.len())),
                 },
                 Text::Raw(kind) => self.raw(buf, pos, kind),
+                Text::Escaped { double } => self.escaped(buf, pos, double),
             };
             match step {
                 Ok(next) => pos = next,
@@ -545,14 +551,66 @@ impl Scanner {
                     }
                 }
                 Some(b'!') if kind == RawKind::Script => match buf.get(lt + 2..lt + 4) {
-                    // `<!--` starts the escaped script states: lol_html's job.
-                    Some(b"--") => return Err(Scan::Handoff(lt)),
+                    // `<!--` starts the escaped script states (old pages
+                    // hiding scripts from browsers without them).
+                    Some(b"--") => {
+                        self.text = Text::Escaped { double: false };
+                        return Ok(lt + 4);
+                    }
                     Some(_) => pos = lt + 1,
                     None if buf.get(lt + 2).is_some_and(|&b| b != b'-') => pos = lt + 1,
                     None => return Err(hold_from(buf, lt)),
                 },
                 Some(_) => pos = lt + 1,
             }
+        }
+    }
+
+    /// Escaped script text from `pos`, as lol_html's escaped and
+    /// double-escaped script data states read it. Both end at a `>` right
+    /// after two dashes (the script goes on as script data). In escaped text
+    /// `</script` and a space, `/` or `>` is the script's end tag, and `<script`
+    /// and one of those starts double-escaped text, where `</script` and one of
+    /// those goes back to escaped text. Everything else is text.
+    fn escaped(&mut self, buf: &[u8], mut pos: usize, mut double: bool) -> Result<usize, Scan> {
+        let delimiter = |b: u8| is_space(b) || b == b'/' || b == b'>';
+        loop {
+            self.text = Text::Escaped { double };
+            let Some(i) = memchr::memchr2(b'<', b'>', &buf[pos..]) else {
+                // The last two bytes may be the dashes of a `-->` that ends
+                // in the next chunk, even those of the `<!--` itself: they are
+                // read again there, and a dash or a `>` read again decides
+                // nothing new.
+                return Err(Scan::Hold(buf.len().saturating_sub(2)));
+            };
+            let at = pos + i;
+            if buf[at] == b'>' {
+                // The text began with `<!--`, so two bytes before are there.
+                if buf[..at].ends_with(b"--") {
+                    self.text = Text::Raw(RawKind::Script);
+                    return Ok(at + 1);
+                }
+                pos = at + 1;
+                continue;
+            }
+            let Some(after) = buf.get(at + 1..at + 9) else {
+                return Err(hold_from(buf, at));
+            };
+            if after[0] == b'/' {
+                if after[1..7].eq_ignore_ascii_case(b"script") && delimiter(after[7]) {
+                    if !double {
+                        return self.tag(buf, at, true);
+                    }
+                    double = false;
+                    pos = at + 9;
+                    continue;
+                }
+            } else if !double && after[..6].eq_ignore_ascii_case(b"script") && delimiter(after[6]) {
+                double = true;
+                pos = at + 8;
+                continue;
+            }
+            pos = at + 1;
         }
     }
 
