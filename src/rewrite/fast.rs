@@ -4,19 +4,20 @@
 //!
 //! It mirrors what the lol_html path does for the subset of HTML it accepts:
 //! lol_html's tokenizer states (data, tags and their attributes, comments,
-//! doctype and bogus comments, raw text, RCDATA and script data) and its
+//! doctype and bogus comments, raw text, RCDATA, script data and its escaped
+//! and double-escaped states inside `<!--`) and its
 //! element stack, which only records names (every start tag pushes, except
 //! void elements; an end tag pops up to the nearest element of that name).
 //! The snippet goes before a `</body>` that finds a `<body>` on that stack.
 //!
-//! It hands over at `<math>`, `<frameset>`, `<plaintext>`, `<!--` inside a
-//! script, odd tag names, self-closing raw-text tags, very deep nesting, a tag
-//! longer than [`MAX_TAG`], or a `</body>` while a `<template>` is open (the
-//! engine does not insert inside one; lol_html's own parsing of a template is
-//! that of any element). Hand-over happens at the `<` of
-//! that construct, where lol_html, started fresh and fed one start tag per
-//! element on the stack (output discarded), is in exactly the state it would
-//! have reached by reading the page from the top. The differential property
+//! It hands over at `<math>`, `<frameset>`, `<plaintext>`, odd tag names,
+//! self-closing raw-text tags, very deep nesting, a tag longer than
+//! [`MAX_TAG`], or a `</body>` while a `<template>` is open (the engine does not
+//! insert inside one; lol_html's own parsing of a template is that of any
+//! element). Hand-over happens at the `<` of that construct, where lol_html,
+//! started fresh and fed one start tag per element on the stack (output
+//! discarded), is in exactly the state it would have reached by reading the
+//! page from the top. The differential property
 //! test in `tests.rs` holds both paths to the same output bytes.
 //!
 //! Inline SVG (icons, logos: common in page headers, where a hand-over would
