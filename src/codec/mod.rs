@@ -234,10 +234,6 @@ pub fn limit_accept_encoding(headers: &mut HeaderMap, accept: &Accept) {
 /// identity. A request without `Accept-Encoding` gets identity: RFC 9110 lets
 /// the proxy pick anything then, but identity is the choice no client breaks on.
 pub fn choose_output(accept: &Accept, upstream: Coding) -> Coding {
-    choose(accept, upstream)
-}
-
-fn choose(accept: &Accept, upstream: Coding) -> Coding {
     if accept.q(upstream) > 0 {
         return upstream;
     }

@@ -282,9 +282,6 @@ pub(super) struct Scanner {
     stack: Vec<Name>,
     /// `<svg>` elements on `stack`: lol_html's SVG namespace depth.
     svg: u32,
-    /// Inside an SVG `<title>` or `<desc>` (the stack's top): HTML content
-    /// for lol_html, so only its text and its end tag are followed.
-    in_svg_text: bool,
     text: Text,
     /// Bytes of an unfinished construct (from its `<`), or the last few bytes
     /// of a comment, carried to the next chunk.
@@ -310,7 +307,6 @@ impl Scanner {
         Scanner {
             stack: Vec::new(),
             svg: 0,
-            in_svg_text: false,
             text: Text::Data,
             pending: BytesMut::new(),
             script_id: script_id.as_bytes().into(),
@@ -549,8 +545,9 @@ impl Scanner {
     /// those goes back to escaped text. Everything else is text.
     fn escaped(&mut self, buf: &[u8], mut pos: usize, mut double: bool) -> Result<usize, Scan> {
         let delimiter = |b: u8| is_space(b) || b == b'/' || b == b'>';
+        // `self.text` is already `Escaped { double }` here; it changes with
+        // `double` below, so a hold at any point resumes in the right state.
         loop {
-            self.text = Text::Escaped { double };
             let Some(i) = memchr::memchr2(b'<', b'>', &buf[pos..]) else {
                 // The last two bytes may be the dashes of a `-->` that ends
                 // in the next chunk, even those of the `<!--` itself: they are
@@ -577,11 +574,13 @@ impl Scanner {
                         return self.tag(buf, at, true);
                     }
                     double = false;
+                    self.text = Text::Escaped { double };
                     pos = at + 9;
                     continue;
                 }
             } else if !double && after[..6].eq_ignore_ascii_case(b"script") && delimiter(after[6]) {
                 double = true;
+                self.text = Text::Escaped { double };
                 pos = at + 8;
                 continue;
             }

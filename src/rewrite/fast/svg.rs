@@ -34,6 +34,14 @@ impl Scanner {
         }
     }
 
+    /// Inside an SVG `<title>` or `<desc>`: HTML content for lol_html, so only
+    /// its text and its end tag are followed. Such an element is on top of
+    /// the stack exactly then: anything else there hands over, and no element
+    /// below an `<svg>` can come back to the top while one is open.
+    fn in_svg_text(&self) -> bool {
+        self.svg > 0 && self.stack.last().is_some_and(|n| *n == TITLE || *n == DESC)
+    }
+
     /// A start tag inside SVG, or `<svg>` itself.
     fn foreign_start(
         &mut self,
@@ -43,7 +51,7 @@ impl Scanner {
         name_end: usize,
     ) -> Result<usize, Scan> {
         let text_point = name == TITLE || name == DESC;
-        if self.in_svg_text || (name != SVG && !text_point && !stays_foreign(name)) {
+        if self.in_svg_text() || (name != SVG && !text_point && !stays_foreign(name)) {
             return Err(Scan::Handoff(lt));
         }
         // Attributes read: `/>` decides whether the element is pushed.
@@ -65,7 +73,6 @@ impl Scanner {
         if name == SVG {
             self.svg += 1;
         }
-        self.in_svg_text = text_point;
         Ok(tag.end)
     }
 
@@ -86,7 +93,7 @@ impl Scanner {
         if name == P
             || name == BR
             || name == BODY
-            || (self.in_svg_text && self.stack.last() != Some(&name))
+            || (self.in_svg_text() && self.stack.last() != Some(&name))
         {
             return Err(Scan::Handoff(lt));
         }
@@ -103,7 +110,6 @@ impl Scanner {
             }
             self.stack.truncate(at);
         }
-        self.in_svg_text = false;
         Ok(tag.end)
     }
 }
