@@ -247,3 +247,59 @@ async fn broken_heads_are_errors() {
     let err = run(vec![], true, Method::GET).await.expect_err("nothing");
     assert!(err.before_response(), "{err}");
 }
+
+#[tokio::test]
+async fn field_names_are_matched_in_any_case_and_only_whole() {
+    // Framing and reuse read names in any case: a length in capitals frames
+    // the body, `Connection: Keep-Alive, CLOSE` ends the connection.
+    let got = run(
+        vec![
+            b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 2\r\ncOnNeCtIoN: Keep-Alive, CLOSE\r\n\r\nokEXTRA",
+        ],
+        true,
+        Method::GET,
+    )
+    .await
+    .unwrap();
+    assert_eq!((got.1, got.2), (Ok(b"ok".to_vec()), false));
+    let got = run(
+        vec![b"HTTP/1.1 200 OK\r\nTransfer-ENCODING: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+        false,
+        Method::GET,
+    )
+    .await
+    .unwrap();
+    assert_eq!((got.1, got.2), (Ok(b"ok".to_vec()), true));
+    // Names that only look like them frame nothing: to the connection's end.
+    let got = run(
+        vec![b"HTTP/1.1 200 OK\r\ncontent-lengths: 2\r\nx-content-length: 2\r\ncontent_length: 2\r\n\r\nok and more"],
+        true,
+        Method::GET,
+    )
+    .await
+    .unwrap();
+    assert_eq!((got.1, got.2), (Ok(b"ok and more".to_vec()), false));
+    // Every name reaches the response lower-cased, known or not.
+    let (head, is_head) = get(Method::GET);
+    let conn = Conn::new(
+        upstream(
+            vec![b"HTTP/1.1 200 OK\r\nSERVER: x\r\nDate: d\r\nKeep-Alive: timeout=5\r\nX-Odd-Name: 1\r\nset-COOKIE: a=1\r\nSet-Cookie: b=2\r\ncontent-length: 0\r\n\r\n"],
+            false,
+        )
+        .await,
+    );
+    let resp = conn.exchange(&head, is_head).await.unwrap();
+    let names: Vec<_> = resp.headers().keys().map(|n| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "server",
+            "date",
+            "keep-alive",
+            "x-odd-name",
+            "set-cookie",
+            "content-length"
+        ]
+    );
+    assert_eq!(resp.headers().get_all("set-cookie").iter().count(), 2);
+}
