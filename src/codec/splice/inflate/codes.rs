@@ -26,8 +26,9 @@ pub(super) struct Table {
 impl Table {
     /// The canonical code for `lens` (RFC 1951 §3.2.2). `lone_ok` allows the
     /// one incomplete code zlib accepts: a single code of length 1. Also
-    /// returns the code of symbol `want` as it goes on the wire (LSB first)
-    /// and its length, if it has one.
+    /// returns the code of symbol `want` (the end-of-block code, for closing a
+    /// block early) as it goes on the wire, LSB first, and its length, if that
+    /// symbol has a code.
     ///
     /// Symbols are taken in canonical order (by length, then value), so the
     /// table can be filled the way libdeflate does: a code of length `len`
@@ -39,11 +40,11 @@ impl Table {
         lens: &[u8],
         primary_bits: u32,
         lone_ok: bool,
-        want: usize,
+        want: Option<u16>,
     ) -> Result<(Table, Option<(u64, u32)>), Corrupt> {
         let mut count = [0u16; 16];
         for &l in lens {
-            count[usize::from(l & 15)] += 1;
+            count[usize::from(l)] += 1;
         }
         count[0] = 0;
         let max = (1..16).rev().find(|&l| count[l] != 0).unwrap_or(0) as u32;
@@ -87,7 +88,7 @@ impl Table {
             }
             for &sym in &sorted[k..k + n] {
                 let rev = code.reverse_bits() >> (32 - len);
-                if usize::from(sym) == want {
+                if Some(sym) == want {
                     wanted = Some((u64::from(rev), len));
                 }
                 let entry = u32::from(sym) | (len << 16) | SYMBOL;
@@ -159,11 +160,11 @@ impl Codes {
     fn new(lit_lens: &[u8], dist_lens: &[u8]) -> Result<Codes, Corrupt> {
         // As zlib: a lone one-bit code is allowed for both (a block of
         // nothing but its end, a block with one distance).
-        let (lit, eob) = Table::build(lit_lens, LIT_BITS, true, 256)?;
+        let (lit, eob) = Table::build(lit_lens, LIT_BITS, true, Some(256))?;
         let Some(eob) = eob else {
             return Err(Corrupt("no end-of-block code"));
         };
-        let (dist, _) = Table::build(dist_lens, DIST_BITS, true, usize::MAX)?;
+        let (dist, _) = Table::build(dist_lens, DIST_BITS, true, None)?;
         Ok(Codes { lit, dist, eob })
     }
 }
@@ -291,7 +292,7 @@ pub(super) fn dynamic_codes(b: &mut Bits, input: &[u8]) -> Result<Option<Codes>,
     for &i in &CL_ORDER[..hclen] {
         cl_lens[i] = bits!(3) as u8;
     }
-    let (cl, _) = Table::build(&cl_lens, 7, false, usize::MAX)?;
+    let (cl, _) = Table::build(&cl_lens, 7, false, None)?;
     let mut lens = [0u8; 286 + 30];
     let mut i = 0;
     while i < hlit + hdist {
