@@ -132,9 +132,14 @@ async fn a_warm_token_is_ready_at_once_and_a_cold_one_runs_on_its_own_task() {
     let s = session::new_id();
     let cold = match tokens.start_token_for(r.clone(), s, None) {
         PendingToken::Running(handle) => handle.await.unwrap().unwrap(),
-        PendingToken::Ready(_) => {
-            panic!("a cold lookup that calls ChatHub cannot finish on its first poll")
-        }
+        // Which way it finished says why (a CI run once saw this arm).
+        PendingToken::Ready(r) => panic!(
+            "a cold lookup that calls ChatHub cannot finish on its first poll: {}",
+            match r {
+                Ok(_) => "a token".to_owned(),
+                Err(e) => format!("{e:?}"),
+            }
+        ),
     };
     assert_eq!(metrics.token_event_count("mint"), 1);
     match tokens.start_token_for(r.clone(), s, None) {
