@@ -130,9 +130,12 @@ async fn a_warm_token_is_ready_at_once_and_a_cold_one_runs_on_its_own_task() {
     let (tokens, metrics) = tokens(&cfg);
     let r = route(&cfg, "support");
     let s = session::new_id();
+    // ChatHub answers after a pause: without one, a fast emulator and a
+    // runtime whose other worker drives the sockets could let all of a
+    // mint's calls complete inside the first poll (two CI runs saw it).
+    emu.set_fault(Fault::Slow(Duration::from_millis(20)));
     let cold = match tokens.start_token_for(r.clone(), s, None) {
         PendingToken::Running(handle) => handle.await.unwrap().unwrap(),
-        // Which way it finished says why (a CI run once saw this arm).
         PendingToken::Ready(r) => panic!(
             "a cold lookup that calls ChatHub cannot finish on its first poll: {}",
             match r {
@@ -141,6 +144,7 @@ async fn a_warm_token_is_ready_at_once_and_a_cold_one_runs_on_its_own_task() {
             }
         ),
     };
+    emu.set_fault(Fault::None);
     assert_eq!(metrics.token_event_count("mint"), 1);
     match tokens.start_token_for(r.clone(), s, None) {
         PendingToken::Ready(Ok(warm)) => assert_eq!(warm.token.expose(), cold.token.expose()),

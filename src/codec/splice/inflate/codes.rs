@@ -230,20 +230,29 @@ impl Bits {
         (base + self.ip as u64) * 8 - u64::from(self.n)
     }
 
+    /// Refill from the eight input bytes at the cursor, after which at least
+    /// 56 bits are held; false, with nothing changed, if fewer are left.
+    #[inline(always)]
+    pub(super) fn refill_word(&mut self, input: &[u8]) -> bool {
+        let Some(word) = input.get(self.ip..self.ip + 8) else {
+            return false;
+        };
+        let w = u64::from_le_bytes([
+            word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+        ]);
+        // Bits above `n` may already hold some of these bytes (from the last
+        // refill): the same bits, so OR-ing them again is harmless, and
+        // nothing reads past `n` but a lookup whose length is checked.
+        self.buf |= w << self.n;
+        let take = (63 - self.n) / 8;
+        self.ip += take as usize;
+        self.n += take * 8;
+        true
+    }
+
     #[inline(always)]
     pub(super) fn refill(&mut self, input: &[u8]) {
-        if let Some(word) = input.get(self.ip..self.ip + 8) {
-            let w = u64::from_le_bytes([
-                word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
-            ]);
-            // Bits above `n` may already hold some of these bytes (from the
-            // last refill): the same bits, so OR-ing them again is harmless,
-            // and nothing reads past `n` but a lookup whose length is checked.
-            self.buf |= w << self.n;
-            let take = (63 - self.n) / 8;
-            self.ip += take as usize;
-            self.n += take * 8;
-        } else {
+        if !self.refill_word(input) {
             while self.n <= 56 && self.ip < input.len() {
                 self.buf |= u64::from(input[self.ip]) << self.n;
                 self.ip += 1;

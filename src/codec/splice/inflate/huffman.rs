@@ -31,16 +31,9 @@ impl Inflater {
         // far back) stops it before a bit is taken, and the careful loop below
         // reads that symbol again and says what is wrong.
         while pos < stop {
-            let Some(word) = input.get(b.ip..b.ip + 8) else {
+            if !b.refill_word(input) {
                 break;
-            };
-            let w = u64::from_le_bytes([
-                word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
-            ]);
-            b.buf |= w << b.n;
-            let take = (63 - b.n) / 8;
-            b.ip += take as usize;
-            b.n += take * 8;
+            }
             let Some((sym, len)) = codes.lit.decode(b.buf) else {
                 break;
             };
