@@ -76,15 +76,19 @@ pub fn new_id() -> SessionId {
 /// The cookie name for a client connection: `__Host-<name>` over HTTPS, the
 /// plain name over HTTP.
 pub fn cookie_name(cfg: &SessionConfig, https: bool) -> String {
-    let base = cfg
-        .cookie_name
-        .strip_prefix(HOST_PREFIX)
-        .unwrap_or(&cfg.cookie_name);
+    let base = cookie_base(cfg);
     if https {
         format!("{HOST_PREFIX}{base}")
     } else {
         base.to_owned()
     }
+}
+
+/// The configured name without a `__Host-` prefix (added back over HTTPS).
+fn cookie_base(cfg: &SessionConfig) -> &str {
+    cfg.cookie_name
+        .strip_prefix(HOST_PREFIX)
+        .unwrap_or(&cfg.cookie_name)
 }
 
 /// Both spellings of the cookie name; the proxy strips both from upstream
@@ -103,10 +107,7 @@ pub fn from_headers(headers: &HeaderMap, cookie_name: &str) -> Option<SessionId>
 /// `Secure` with the `__Host-` name when the client side is HTTPS. No `Domain`,
 /// so the cookie stays on the host that set it.
 pub fn set_cookie(cfg: &SessionConfig, id: &SessionId, https: bool) -> HeaderValue {
-    let base = cfg
-        .cookie_name
-        .strip_prefix(HOST_PREFIX)
-        .unwrap_or(&cfg.cookie_name);
+    let base = cookie_base(cfg);
     // Assembled in one buffer: with `format!` and the name and id as strings
     // of their own this took about 1.9 k instructions, paid on the first page
     // of every session.

@@ -20,7 +20,7 @@
 
 use crate::body::BoxError;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{self, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use std::io;
@@ -283,6 +283,27 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeErr
     )))
 }
 
+/// The names an origin sends on nearly every response, lower-case, with the
+/// `HeaderName` each stands for (a test holds the two spellings together).
+static KNOWN: [(&[u8], HeaderName); 16] = [
+    (b"date", header::DATE),
+    (b"etag", header::ETAG),
+    (b"vary", header::VARY),
+    (b"server", header::SERVER),
+    (b"expires", header::EXPIRES),
+    (b"location", header::LOCATION),
+    (b"connection", header::CONNECTION),
+    (b"keep-alive", HeaderName::from_static("keep-alive")),
+    (b"set-cookie", header::SET_COOKIE),
+    (b"content-type", header::CONTENT_TYPE),
+    (b"accept-ranges", header::ACCEPT_RANGES),
+    (b"cache-control", header::CACHE_CONTROL),
+    (b"last-modified", header::LAST_MODIFIED),
+    (b"content-length", header::CONTENT_LENGTH),
+    (b"content-encoding", header::CONTENT_ENCODING),
+    (b"transfer-encoding", header::TRANSFER_ENCODING),
+];
+
 /// A field name: the ones an origin sends on nearly every response are
 /// matched here, case-insensitively (callgrind: `HeaderName::from_bytes`
 /// lower-cases into a scratch buffer and then searches every standard name,
@@ -291,25 +312,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeErr
 /// letters and changes no other byte a token can hold into a letter, a digit
 /// or `-`.
 fn header_name(name: &[u8]) -> Result<HeaderName, ExchangeError> {
-    use http::header;
-    static KNOWN: [(&[u8], HeaderName); 16] = [
-        (b"date", header::DATE),
-        (b"etag", header::ETAG),
-        (b"vary", header::VARY),
-        (b"server", header::SERVER),
-        (b"expires", header::EXPIRES),
-        (b"location", header::LOCATION),
-        (b"connection", header::CONNECTION),
-        (b"keep-alive", HeaderName::from_static("keep-alive")),
-        (b"set-cookie", header::SET_COOKIE),
-        (b"content-type", header::CONTENT_TYPE),
-        (b"accept-ranges", header::ACCEPT_RANGES),
-        (b"cache-control", header::CACHE_CONTROL),
-        (b"last-modified", header::LAST_MODIFIED),
-        (b"content-length", header::CONTENT_LENGTH),
-        (b"content-encoding", header::CONTENT_ENCODING),
-        (b"transfer-encoding", header::TRANSFER_ENCODING),
-    ];
     for (lower, header) in &KNOWN {
         if lower.len() == name.len() && lower.iter().zip(name).all(|(l, n)| *l == n | 0x20) {
             return Ok(header.clone());

@@ -303,3 +303,11 @@ async fn field_names_are_matched_in_any_case_and_only_whole() {
     );
     assert_eq!(resp.headers().get_all("set-cookie").iter().count(), 2);
 }
+
+#[test]
+fn the_known_names_are_spelled_as_their_header_names() {
+    for (lower, name) in &KNOWN {
+        assert_eq!(*lower, name.as_str().as_bytes());
+        assert_eq!(header_name(&lower.to_ascii_uppercase()).unwrap(), *name);
+    }
+}
