@@ -45,6 +45,7 @@ use bytes::{Bytes, BytesMut};
 use lol_html::AsciiCompatibleEncoding;
 use tag::{CLASS, EQ, OTHER, Parsed, Tag, find, finish_tag};
 
+mod mask;
 mod svg;
 mod tag;
 

@@ -172,6 +172,17 @@ pub(super) fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
     }
 }
 
+/// Where a tag ends, from the end of its name at `p`: the common shape from
+/// byte masks of the bytes ahead ([`super::mask`]), anything else jump by jump.
+#[inline(always)]
+fn skip_attributes(buf: &[u8], p: usize) -> Parsed {
+    // The common shape at once (mask.rs); anything else jump by jump.
+    match super::mask::tag_end(buf, p) {
+        Some(end) => Parsed::Tag(Tag::ending_at(end)),
+        None => skip_attributes_carefully(buf, p),
+    }
+}
+
 /// Where a tag ends, from the end of its name at `p`, jumping from one `>`,
 /// quote or `=` to the next rather than reading every attribute byte: only a
 /// quoted value can hold a `>`, and a quote opens a value only right after
@@ -180,8 +191,9 @@ pub(super) fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
 /// the run since the last value, or after a `/` (which puts lol_html back in
 /// the before-attribute-name state). Everything else in a run (names, stray
 /// quotes inside names) is passed over.
+// (The masks' tests compare with it.)
 #[inline(always)]
-fn skip_attributes(buf: &[u8], mut p: usize) -> Parsed {
+pub(super) fn skip_attributes_carefully(buf: &[u8], mut p: usize) -> Parsed {
     // Start of the current run without a value, and whether a name has
     // begun in it at a `=` or quote already passed over.
     let (mut run, mut named) = (p, false);
