@@ -176,6 +176,10 @@ pub(super) fn finish_tag(buf: &[u8], p: usize, detailed: bool) -> Parsed {
 /// byte masks of the bytes ahead ([`super::mask`]), anything else jump by jump.
 #[inline(always)]
 fn skip_attributes(buf: &[u8], p: usize) -> Parsed {
+    // Most tags have no attributes (every end tag): nothing to classify.
+    if buf.get(p) == Some(&b'>') {
+        return Parsed::Tag(Tag::ending_at(p + 1));
+    }
     // The common shape at once (mask.rs); anything else jump by jump.
     match super::mask::tag_end(buf, p) {
         Some(end) => Parsed::Tag(Tag::ending_at(end)),
