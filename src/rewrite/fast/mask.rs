@@ -105,8 +105,8 @@ impl Masks {
     }
 }
 
-/// Without SSE2 the same masks a byte at a time (slower than the careful
-/// path's jumps, so never worth it: the tag is left to them).
+/// Without SSE2 no masks are built: a byte at a time they would cost more
+/// than the careful reading's jumps, so every tag is left to those.
 #[cfg(not(all(
     any(target_arch = "x86_64", target_arch = "x86"),
     target_feature = "sse2"

@@ -180,7 +180,6 @@ fn skip_attributes(buf: &[u8], p: usize) -> Parsed {
     if buf.get(p) == Some(&b'>') {
         return Parsed::Tag(Tag::ending_at(p + 1));
     }
-    // The common shape at once (mask.rs); anything else jump by jump.
     match super::mask::tag_end(buf, p) {
         Some(end) => Parsed::Tag(Tag::ending_at(end)),
         None => skip_attributes_carefully(buf, p),
@@ -194,8 +193,8 @@ fn skip_attributes(buf: &[u8], p: usize) -> Parsed {
 /// `=` is a separator unless it is where an attribute name starts: first in
 /// the run since the last value, or after a `/` (which puts lol_html back in
 /// the before-attribute-name state). Everything else in a run (names, stray
-/// quotes inside names) is passed over.
-// (The masks' tests compare with it.)
+/// quotes inside names) is passed over. `mask.rs`'s tests hold the masks'
+/// reading to this one.
 #[inline(always)]
 pub(super) fn skip_attributes_carefully(buf: &[u8], mut p: usize) -> Parsed {
     // Start of the current run without a value, and whether a name has
