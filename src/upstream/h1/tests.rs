@@ -251,34 +251,32 @@ async fn broken_heads_are_errors() {
 #[tokio::test]
 async fn field_names_are_matched_in_any_case_and_only_whole() {
     // Framing and reuse read names in any case: a length in capitals frames
-    // the body, `Connection: Keep-Alive, CLOSE` ends the connection.
-    let got = run(
-        vec![
+    // the body, `Connection: Keep-Alive, CLOSE` ends the connection. Names
+    // that only look like them frame nothing: to the connection's end.
+    let cases: [(&'static [u8], bool, &[u8], bool); 3] = [
+        (
             b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 2\r\ncOnNeCtIoN: Keep-Alive, CLOSE\r\n\r\nokEXTRA",
-        ],
-        true,
-        Method::GET,
-    )
-    .await
-    .unwrap();
-    assert_eq!((got.1, got.2), (Ok(b"ok".to_vec()), false));
-    let got = run(
-        vec![b"HTTP/1.1 200 OK\r\nTransfer-ENCODING: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
-        false,
-        Method::GET,
-    )
-    .await
-    .unwrap();
-    assert_eq!((got.1, got.2), (Ok(b"ok".to_vec()), true));
-    // Names that only look like them frame nothing: to the connection's end.
-    let got = run(
-        vec![b"HTTP/1.1 200 OK\r\ncontent-lengths: 2\r\nx-content-length: 2\r\ncontent_length: 2\r\n\r\nok and more"],
-        true,
-        Method::GET,
-    )
-    .await
-    .unwrap();
-    assert_eq!((got.1, got.2), (Ok(b"ok and more".to_vec()), false));
+            true,
+            b"ok",
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-ENCODING: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            false,
+            b"ok",
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-lengths: 2\r\nx-content-length: 2\r\ncontent_length: 2\r\n\r\nok and more",
+            true,
+            b"ok and more",
+            false,
+        ),
+    ];
+    for (response, close, body, reusable) in cases {
+        let got = run(vec![response], close, Method::GET).await.unwrap();
+        assert_eq!((got.1, got.2), (Ok(body.to_vec()), reusable));
+    }
     // Every name reaches the response lower-cased, known or not.
     let (head, is_head) = get(Method::GET);
     let conn = Conn::new(
