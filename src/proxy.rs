@@ -144,6 +144,8 @@ async fn handle_inner(
 
     // 1. The head: exactly one Host, a bounded size, no CONNECT.
     let host = request_host(&req)?;
+    // Split once, here: the route lookup takes the parts.
+    let (host_name, host_port) = normalize_host(&host).ok_or(ProxyError::BadHost)?;
     span.record("host", host.as_str());
     check_head_size(req.headers(), cfg.server.max_header_bytes)?;
     if req.method() == Method::CONNECT {
@@ -154,7 +156,7 @@ async fn handle_inner(
     // 2. The route: config names every upstream we may dial.
     let route = state
         .routes
-        .lookup(&host, &path)
+        .lookup_normalized(&host_name, host_port, &path)
         .ok_or(ProxyError::NoRoute)?
         .clone();
     span.record("route", route.name.as_str());
@@ -461,8 +463,7 @@ fn mark(headers: &mut HeaderMap, cfg: &Config, outcome: Result<(), Skip>) {
     }
     let v = match outcome {
         Ok(()) => HeaderValue::from_static("injected"),
-        Err(skip) => HeaderValue::from_str(&format!("skipped; reason={}", skip.reason()))
-            .unwrap_or(HeaderValue::from_static("skipped")),
+        Err(skip) => skip.debug_value(),
     };
     headers.insert(X_CHATHUB_INJECT, v);
 }
@@ -483,7 +484,6 @@ fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
             .map_err(|_| ProxyError::BadHost)?
             .to_owned(),
     };
-    normalize_host(&host).ok_or(ProxyError::BadHost)?;
     Ok(host)
 }
 

@@ -102,21 +102,32 @@ impl RouteTable {
 
     /// The route for a Host value (with or without port) and a path.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
-        let found = normalize_host(host).and_then(|(name, port)| {
-            if let Some(r) = self.exact.get(&*name).and_then(|l| pick(l, port, path)) {
+        match normalize_host(host) {
+            Some((name, port)) => self.lookup_normalized(&name, port, path),
+            None => self.default.as_ref(),
+        }
+    }
+
+    /// [`lookup`](Self::lookup) for a host already split by
+    /// [`normalize_host`] (the proxy has done that to check the Host).
+    pub fn lookup_normalized(
+        &self,
+        name: &str,
+        port: Option<u16>,
+        path: &str,
+    ) -> Option<&Arc<Route>> {
+        if let Some(r) = self.exact.get(name).and_then(|l| pick(l, port, path)) {
+            return Some(r);
+        }
+        // Each suffix after a label boundary: a.b.example.com → b.example.com, example.com, com.
+        let mut rest = name;
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(r) = self.wildcard.get(suffix).and_then(|l| pick(l, port, path)) {
                 return Some(r);
             }
-            // Each suffix after a label boundary: a.b.example.com → b.example.com, example.com, com.
-            let mut rest = &*name;
-            while let Some((_, suffix)) = rest.split_once('.') {
-                if let Some(r) = self.wildcard.get(suffix).and_then(|l| pick(l, port, path)) {
-                    return Some(r);
-                }
-                rest = suffix;
-            }
-            None
-        });
-        found.or(self.default.as_ref())
+            rest = suffix;
+        }
+        self.default.as_ref()
     }
 }
 

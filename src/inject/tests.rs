@@ -56,6 +56,19 @@ fn reasons_are_distinct_snake_case() {
     }
 }
 
+/// `debug_value` indexes a table built from `ALL` by the variant's number, so
+/// `ALL` must list the variants in declaration order.
+#[test]
+fn each_skip_has_its_own_debug_value() {
+    for s in Skip::ALL {
+        assert_eq!(
+            s.debug_value(),
+            format!("skipped; reason={}", s.reason()).as_str(),
+            "{s:?}"
+        );
+    }
+}
+
 #[test]
 fn page_loads_are_eligible() {
     let cfg = config("");

@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
+use smallvec::SmallVec;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -35,6 +36,10 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 64 * 1024;
 /// hyper's default too.
 const MAX_HEADERS: usize = 100;
+/// Fields noted on the stack while a head is parsed; more spill to the heap.
+/// An origin's response has about ten (a `Vec` was a malloc and a free a
+/// response).
+const INLINE_FIELDS: usize = 16;
 /// Reads go into one buffer of this size, carved up as responses and body
 /// pieces are split off it, until less than [`MIN_ROOM`] is left; then a new
 /// one. Below glibc's threshold for mapping memory of its own: 512 KiB
@@ -239,7 +244,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeErr
     // by their positions in it (no copy). What framing and reuse depend on
     // is noted on the way, rather than looked up in the map afterwards.
     let base = buf.as_ptr() as usize;
-    let mut fields_at = Vec::with_capacity(res.headers.len());
+    let mut fields_at: SmallVec<[_; INLINE_FIELDS]> = SmallVec::new();
     let (mut te, mut cl, mut close) = (false, false, false);
     for h in res.headers.iter() {
         let name = header_name(h.name.as_bytes())?;
@@ -255,7 +260,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeErr
     }
     let head_bytes = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields_at.len());
-    for (name, from, to) in fields_at {
+    // Drained in place: moving the list into an iterator copies its inline array.
+    for (name, from, to) in fields_at.drain(..) {
         let value = HeaderValue::from_maybe_shared(head_bytes.slice(from..to))
             .map_err(|_| ExchangeError::Head("bad field value"))?;
         headers.append(name, value);
