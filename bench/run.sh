@@ -176,9 +176,9 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ -z "$BIN" ]; then
     BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/chathub-proxy"
     if [ "$DO_BUILD" = 1 ]; then
-        log "cargo build --release --bin chathub-proxy (not counted in the measurement time)"
+        log "cargo build --release --bin chathub-proxy --example relay_floor (not counted in the measurement time)"
         t=$(date +%s)
-        if ! (cd "$ROOT" && timeout 3600 cargo build --release --bin chathub-proxy >&2); then
+        if ! (cd "$ROOT" && timeout 3600 cargo build --release --bin chathub-proxy --example relay_floor >&2); then
             [ -x "$BIN" ] || die "release build failed and there is no earlier binary"
             note "the release build failed; an earlier binary ($(date -r "$BIN" '+%F %T')) was benchmarked"
         fi
@@ -187,6 +187,8 @@ if [ -z "$BIN" ]; then
     fi
 fi
 [ -x "$BIN" ] || die "no chathub-proxy binary at $BIN"
+# The relay floor (examples/relay_floor.rs): a reference row, not a contender.
+FLOOR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/relay_floor"
 PROXY_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || PROXY_REV="$PROXY_REV + uncommitted changes"
 
@@ -198,7 +200,7 @@ DATA="$TMP/data"
 "$PY" "$LIB/pages.py" "$TMP/www"
 chmod -R a+rX "$TMP/www"
 
-read -r P_ORIGIN P_SUB P_PASS P_SUBPAUSE P_PROXY P_PROXY_EMU P_EMU <<<"$(free_ports 7)"
+read -r P_ORIGIN P_SUB P_PASS P_SUBPAUSE P_PROXY P_PROXY_EMU P_EMU P_FLOOR <<<"$(free_ports 8)"
 
 # The python origin for the pause and 1 GB checks picks its own port.
 start_bg pyorigin taskset -c 1 "$PY" "$LIB/origin.py" --port-file "$TMP/pyorigin.port"
@@ -312,6 +314,14 @@ EOF
 # pool's too) to core 1.
 start_bg proxy taskset -c 1 "$BIN" run --config "$TMP/proxy.toml"
 PROXY_PID=$LAST_PID
+FLOOR_PID=""
+if [ -x "$FLOOR_BIN" ]; then
+    start_bg relay-floor taskset -c 1 "$FLOOR_BIN" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_ORIGIN"
+    FLOOR_PID=$LAST_PID
+    wait_port "$P_FLOOR" 10 "$FLOOR_PID" || { note "the relay floor did not start: $(tail -2 "$TMP/logs/relay-floor.log")"; FLOOR_PID=""; }
+else
+    note "no relay floor binary at $FLOOR_BIN (cargo build --release --example relay_floor): its row is left out"
+fi
 wait_port "$P_PROXY" 20 "$PROXY_PID" || die "chathub-proxy did not start: $(tail -5 "$TMP/logs/proxy.log")"
 PROXY_THREADS_START=$(status_kb "$PROXY_PID" Threads)
 
@@ -419,6 +429,7 @@ fi
 
 # ---------------------------------------------------------------- targets
 TARGETS=(origin nginx-pass nginx-sub proxy-off proxy)
+[ -n "$FLOOR_PID" ] && TARGETS+=(relay-floor)
 [ "$EMU_OK" = 1 ] && TARGETS+=(proxy-emu)
 
 # target_info TARGET: sets T_PORT, T_HOST, T_PID (the process whose CPU is "this hop")
@@ -430,6 +441,7 @@ target_info() {
         proxy-off) T_PORT=$P_PROXY; T_HOST=plain.bench; T_PID=$PROXY_PID ;;
         proxy) T_PORT=$P_PROXY; T_HOST=inject.bench; T_PID=$PROXY_PID ;;
         proxy-emu) T_PORT=$P_PROXY_EMU; T_HOST=chat.bench; T_PID=$PROXY_EMU_PID ;;
+        relay-floor) T_PORT=$P_FLOOR; T_HOST=floor.bench; T_PID=$FLOOR_PID ;;
     esac
 }
 
