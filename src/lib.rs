@@ -35,6 +35,7 @@
 //! | [`error`] | the proxy's error type and the status each error maps to |
 //! | [`secret`] | a string type that never prints |
 //! | [`body`] | the one response body type |
+//! | [`recycle`] | header maps reused by the own HTTP/1.1 paths |
 
 #![forbid(unsafe_code)]
 
@@ -53,6 +54,7 @@ pub mod inject;
 pub mod metrics;
 pub mod operator;
 pub mod proxy;
+pub mod recycle;
 pub mod rewrite;
 pub mod route;
 pub mod secret;

@@ -22,7 +22,7 @@ use crate::body::{Chunks, Gather};
 use crate::proxy::{self, State};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -248,7 +248,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let build = |named: &mut SmallVec<[(HeaderName, usize, usize); 16]>| -> Option<Request<crate::body::Body>> {
         let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)).ok()?;
         // Room for the forwarded fields the proxy adds, so the map does not grow.
-        let mut headers = HeaderMap::with_capacity(named.len() + 6);
+        let mut headers = crate::recycle::header_map(named.len() + 6);
         // Drained in place: moving the list into an iterator copies its inline array.
         for (name, from, to) in named.drain(..) {
             headers.append(
@@ -302,6 +302,7 @@ async fn respond(
     let (parts, mut body) = resp.into_parts();
     let mut head = Vec::with_capacity(256 + parts.headers.len() * 32);
     let (framing, closes) = encode_head(&parts, &body, is_head, keep_alive, &mut head);
+    crate::recycle::give_back(parts.headers);
     keep_alive &= !closes;
     let Framing::Length(mut left) = framing else {
         return stream_chunked(io, buf, head, &mut body, keep_alive).await;

@@ -259,7 +259,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeErr
         fields_at.push((name, at, at + h.value.len()));
     }
     let head_bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields_at.len());
+    let mut headers = crate::recycle::header_map(fields_at.len());
     // Drained in place: moving the list into an iterator copies its inline array.
     for (name, from, to) in fields_at.drain(..) {
         let value = HeaderValue::from_maybe_shared(head_bytes.slice(from..to))
