@@ -15,12 +15,16 @@
 //! One upstream connection per client connection, opened with it; one
 //! current-thread runtime, as chathub-proxy with `server.worker_threads = 1`.
 //! A request must arrive in one read (a GET with no body, as wrk sends), its
-//! response's head in the first 64 KiB, with `Content-Length` (nginx's static
-//! files have it); the body is passed on read by read, as it arrives.
+//! response's head in the first read, with `Content-Length` (nginx's static
+//! files have it); the body is passed on as it arrives, what is ready at once
+//! in one write.
 
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Room for a response read at once (a 1 MB page's worth).
+const BUF: usize = 1024 * 1024;
 
 fn main() -> io::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -50,24 +54,25 @@ async fn relay(mut client: TcpStream, origin: &str) -> io::Result<()> {
     let mut upstream = TcpStream::connect(origin).await?;
     upstream.set_nodelay(true)?;
     let mut req = vec![0u8; 8 * 1024];
-    let mut resp = vec![0u8; 64 * 1024];
+    let mut resp = vec![0u8; BUF];
     loop {
         let n = client.read(&mut req).await?;
         if n == 0 {
             return Ok(());
         }
         upstream.write_all(&req[..n]).await?;
-        // Read until the head is whole, then pass each read on as it comes.
-        let (mut have, mut left) = (0, None);
-        while left.is_none() {
-            let got = upstream.read(&mut resp[have..]).await?;
-            if got == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+        // Read until the head is whole, then what else of the response is
+        // ready, and pass it on as it comes: what is ready at once in one
+        // write, as chathub-proxy gathers what its upstream has ready.
+        let mut have = 0;
+        let total = loop {
+            have += read_some(&mut upstream, &mut resp[have..]).await?;
+            if let Some(total) = response_len(&resp[..have])? {
+                break total;
             }
-            have += got;
-            left = response_len(&resp[..have])?;
-        }
-        let mut left = left.unwrap_or(0);
+        };
+        have += read_ready(&upstream, &mut resp[have.min(total)..total.min(BUF)])?;
+        let mut left = total;
         let mut chunk = &resp[..have.min(left)];
         loop {
             client.write_all(chunk).await?;
@@ -75,13 +80,35 @@ async fn relay(mut client: TcpStream, origin: &str) -> io::Result<()> {
             if left == 0 {
                 break;
             }
-            let got = upstream.read(&mut resp).await?;
-            if got == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            chunk = &resp[..got.min(left)];
+            let room = left.min(BUF);
+            let got = read_some(&mut upstream, &mut resp[..room]).await?;
+            let got = got + read_ready(&upstream, &mut resp[got..room])?;
+            chunk = &resp[..got];
         }
     }
+}
+
+/// One read, waiting for it; the end of the connection is an error here.
+async fn read_some(upstream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    match upstream.read(buf).await? {
+        0 => Err(io::ErrorKind::UnexpectedEof.into()),
+        n => Ok(n),
+    }
+}
+
+/// Reads without waiting until `buf` is full or nothing more is ready (no
+/// read at all when `buf` is empty).
+fn read_ready(upstream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut have = 0;
+    while have < buf.len() {
+        match upstream.try_read(&mut buf[have..]) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(have)
 }
 
 /// The length of the response at the start of `buf` (head and body), once its
