@@ -43,6 +43,10 @@ const READ_BUF: usize = 8 * 1024;
 /// The first read of a request, on the stack (a head is usually a few
 /// hundred bytes; a longer one is read on in `READ_BUF` steps).
 const FIRST_READ: usize = 4 * 1024;
+/// Fields noted on the stack while a head is parsed (a browser's request has
+/// about a dozen; a `Vec` was a malloc and a free a request); more spill to
+/// the heap.
+const INLINE_FIELDS: usize = 16;
 
 /// How serving ended.
 pub(super) enum End {
@@ -219,9 +223,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let path_at = req.path.map_or(0, |p| p.as_ptr() as usize - base);
     let path_len = req.path.map_or(0, str::len);
     // Names now, values once the head is split off (as ranges of it).
-    // On the stack: a browser's request has about a dozen fields (a `Vec`
-    // was a malloc and a free a request).
-    let mut named: SmallVec<[_; 16]> = SmallVec::new();
+    let mut named: SmallVec<[_; INLINE_FIELDS]> = SmallVec::new();
     let mut close = false;
     for h in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
@@ -245,7 +247,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         named.push((name, from, from + h.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let build = |named: &mut SmallVec<[(HeaderName, usize, usize); 16]>| -> Option<Request<crate::body::Body>> {
+    let build = |named: &mut SmallVec<[(HeaderName, usize, usize); INLINE_FIELDS]>| -> Option<Request<crate::body::Body>> {
         let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)).ok()?;
         // Room for the forwarded fields the proxy adds, so the map does not grow.
         let mut headers = crate::recycle::header_map(named.len() + 6);
