@@ -73,6 +73,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_found(headers, &HOP_BY_HOP, found);
 }
 
+/// Whether a `Connection` value lists `close` (any case): the own HTTP/1.1
+/// paths read it on both sides to know the connection ends after this message.
+pub fn connection_closes(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
 /// Remove every header a `Connection` field names. `close` and `keep-alive`
 /// (nearly every `Connection` value) name nothing to look for; the rest are
 /// matched against the names present rather than parsed into a `HeaderName`.
@@ -288,6 +296,28 @@ impl IpText {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn close_is_found_among_connection_options() {
+        for closes in [
+            "close",
+            "Close",
+            "keep-alive, close",
+            " CLOSE ,x",
+            "a,close",
+        ] {
+            assert!(connection_closes(closes.as_bytes()), "{closes}");
+        }
+        for stays in [
+            "",
+            "keep-alive",
+            "closed",
+            "x-close",
+            "close-ish, keep-alive",
+        ] {
+            assert!(!connection_closes(stays.as_bytes()), "{stays}");
+        }
+    }
 
     #[test]
     fn headers_named_in_connection_are_stripped() {

@@ -19,6 +19,7 @@
 
 use super::{Builders, IdleIo, InFlight};
 use crate::body::{Chunks, Gather};
+use crate::forwarded;
 use crate::proxy::{self, State};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -240,7 +241,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         ) {
             return Parsed::Other;
         }
-        if name == header::CONNECTION && has_close(h.value) {
+        if name == header::CONNECTION && forwarded::connection_closes(h.value) {
             close = true;
         }
         let from = h.value.as_ptr() as usize - base;
@@ -276,13 +277,6 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             Parsed::Other
         }
     }
-}
-
-/// A `Connection` value naming `close`.
-fn has_close(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// How the body goes out.
@@ -496,7 +490,7 @@ fn encode_head(
                 }
             }
             header::DATE => saw_date = true,
-            header::CONNECTION => saw_close |= has_close(value.as_bytes()),
+            header::CONNECTION => saw_close |= forwarded::connection_closes(value.as_bytes()),
             _ => {}
         }
         line(dst, name.as_str().as_bytes(), value.as_bytes());

@@ -253,7 +253,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeErr
         } else if name == CONTENT_LENGTH {
             cl = true;
         } else if name == CONNECTION {
-            close |= has_token(h.value, b"close");
+            close |= crate::forwarded::connection_closes(h.value);
         }
         let at = h.value.as_ptr() as usize - base;
         fields_at.push((name, at, at + h.value.len()));
@@ -360,13 +360,6 @@ fn framing(headers: &HeaderMap, te: bool) -> Result<Framing, ExchangeError> {
         }
     }
     Ok(length.map_or(Framing::Eof, Framing::Length))
-}
-
-/// Whether a comma-separated field value lists `token` (ASCII, any case).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// A response body read straight off its connection. When it has ended, the
