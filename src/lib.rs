@@ -15,6 +15,7 @@
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics` on their own listener |
 //! | [`proxy`] | the request path: route, forward, decide, inject; errors to responses |
 //! | [`route`] | host and path → route, by hash lookups |
+//! | [`fields`] | a parsed head's fields and their header maps (reused), for the own HTTP/1.1 paths |
 //! | [`forwarded`] | hop-by-hop headers and `X-Forwarded-*` / `Forwarded` |
 //! | [`upstream`] | pooled hyper-util client with connect and header deadlines |
 //! | [`inject`] | which responses get the widget, and their header changes |
@@ -35,7 +36,6 @@
 //! | [`error`] | the proxy's error type and the status each error maps to |
 //! | [`secret`] | a string type that never prints |
 //! | [`body`] | the one response body type |
-//! | [`recycle`] | header maps reused by the own HTTP/1.1 paths |
 
 #![forbid(unsafe_code)]
 
@@ -49,12 +49,12 @@ pub mod csp;
 pub mod demo;
 pub mod emulator;
 pub mod error;
+pub mod fields;
 pub mod forwarded;
 pub mod inject;
 pub mod metrics;
 pub mod operator;
 pub mod proxy;
-pub mod recycle;
 pub mod rewrite;
 pub mod route;
 pub mod secret;

@@ -19,15 +19,15 @@
 
 use super::{Builders, IdleIo, InFlight};
 use crate::body::{Chunks, Gather};
+use crate::fields::{self, Fields};
 use crate::forwarded;
 use crate::proxy::{self, State};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -44,10 +44,6 @@ const READ_BUF: usize = 8 * 1024;
 /// The first read of a request, on the stack (a head is usually a few
 /// hundred bytes; a longer one is read on in `READ_BUF` steps).
 const FIRST_READ: usize = 4 * 1024;
-/// Fields noted on the stack while a head is parsed (a browser's request has
-/// about a dozen; a `Vec` was a malloc and a free a request); more spill to
-/// the heap.
-const INLINE_FIELDS: usize = 16;
 
 /// How serving ended.
 pub(super) enum End {
@@ -224,7 +220,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let path_at = req.path.map_or(0, |p| p.as_ptr() as usize - base);
     let path_len = req.path.map_or(0, str::len);
     // Names now, values once the head is split off (as ranges of it).
-    let mut named: SmallVec<[_; INLINE_FIELDS]> = SmallVec::new();
+    let mut fields = Fields::new(buf);
     let mut close = false;
     for h in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
@@ -244,28 +240,20 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         if name == header::CONNECTION && forwarded::connection_closes(h.value) {
             close = true;
         }
-        let from = h.value.as_ptr() as usize - base;
-        named.push((name, from, from + h.value.len()));
+        fields.push(name, h.value);
     }
     let head = buf.split_to(len).freeze();
-    let build = |named: &mut SmallVec<[(HeaderName, usize, usize); INLINE_FIELDS]>| -> Option<Request<crate::body::Body>> {
+    let build = |fields: &mut Fields| -> Option<Request<crate::body::Body>> {
         let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)).ok()?;
         // Room for the forwarded fields the proxy adds, so the map does not grow.
-        let mut headers = crate::recycle::header_map(named.len() + 6);
-        // Drained in place: moving the list into an iterator copies its inline array.
-        for (name, from, to) in named.drain(..) {
-            headers.append(
-                name,
-                HeaderValue::from_maybe_shared(head.slice(from..to)).ok()?,
-            );
-        }
+        let headers = fields.drain_into_map(&head, 6)?;
         let mut request = Request::new(crate::body::empty());
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         Some(request)
     };
-    match build(&mut named) {
+    match build(&mut fields) {
         Some(req) => Parsed::Head(Head { req, close }),
         None => {
             // hyper answers what the URI or a value is wrong with: it gets
@@ -298,7 +286,7 @@ async fn respond(
     let (parts, mut body) = resp.into_parts();
     let mut head = Vec::with_capacity(256 + parts.headers.len() * 32);
     let (framing, closes) = encode_head(&parts, &body, is_head, keep_alive, &mut head);
-    crate::recycle::give_back(parts.headers);
+    fields::give_back(parts.headers);
     keep_alive &= !closes;
     let Framing::Length(mut left) = framing else {
         return stream_chunked(io, buf, head, &mut body, keep_alive).await;

@@ -19,11 +19,11 @@
 //! its framing with nothing read past it.
 
 use crate::body::BoxError;
+use crate::fields::Fields;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use smallvec::SmallVec;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -36,10 +36,6 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 64 * 1024;
 /// hyper's default too.
 const MAX_HEADERS: usize = 100;
-/// Fields noted on the stack while a head is parsed; more spill to the heap.
-/// An origin's response has about ten (a `Vec` was a malloc and a free a
-/// response).
-const INLINE_FIELDS: usize = 16;
 /// Reads go into one buffer of this size, carved up as responses and body
 /// pieces are split off it, until less than [`MIN_ROOM`] is left; then a new
 /// one. Below glibc's threshold for mapping memory of its own: 512 KiB
@@ -243,8 +239,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeErr
     // Names now; values as slices of the head's bytes once it is split off,
     // by their positions in it (no copy). What framing and reuse depend on
     // is noted on the way, rather than looked up in the map afterwards.
-    let base = buf.as_ptr() as usize;
-    let mut fields_at: SmallVec<[_; INLINE_FIELDS]> = SmallVec::new();
+    let mut fields = Fields::new(buf);
     let (mut te, mut cl, mut close) = (false, false, false);
     for h in res.headers.iter() {
         let name = header_name(h.name.as_bytes())?;
@@ -255,17 +250,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, Framing)>, ExchangeErr
         } else if name == CONNECTION {
             close |= crate::forwarded::connection_closes(h.value);
         }
-        let at = h.value.as_ptr() as usize - base;
-        fields_at.push((name, at, at + h.value.len()));
+        fields.push(name, h.value);
     }
     let head_bytes = buf.split_to(len).freeze();
-    let mut headers = crate::recycle::header_map(fields_at.len());
-    // Drained in place: moving the list into an iterator copies its inline array.
-    for (name, from, to) in fields_at.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head_bytes.slice(from..to))
-            .map_err(|_| ExchangeError::Head("bad field value"))?;
-        headers.append(name, value);
-    }
+    let mut headers = fields
+        .drain_into_map(&head_bytes, 0)
+        .ok_or(ExchangeError::Head("bad field value"))?;
     let framing = if te || cl {
         framing(&headers, te)?
     } else {

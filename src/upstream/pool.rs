@@ -136,7 +136,7 @@ impl Pool {
         // so the future may not hold a reference to it.
         let head = h1::encode_head(&req);
         let is_head = req.method() == http::Method::HEAD;
-        crate::recycle::give_back(req.into_parts().0.headers);
+        crate::fields::give_back(req.into_parts().0.headers);
         loop {
             let (key, conn, reused) = match self.checkout_own(key) {
                 Some((key, conn)) => (key, conn, true),

@@ -1,5 +1,6 @@
 use super::*;
 use crate::body::{self, BoxError};
+use http::HeaderValue;
 use http_body::Frame;
 use http_body_util::StreamBody;
 
