@@ -361,6 +361,27 @@ mod tests {
         proptest::collection::vec(byte, 0..80)
     }
 
+    /// Every length across the word loop, its overlapping last word and the
+    /// hand-over to memchr, with the needle at every place (or nowhere) among
+    /// bytes that differ from it by one bit or in the sign bit only.
+    #[test]
+    fn find_at_every_length_and_place() {
+        for needle in [b'<', b'>', b'"'] {
+            let near = [needle ^ 1, needle ^ 0x80, needle.wrapping_sub(1), 0xff];
+            for len in 0..100usize {
+                let hay: Vec<u8> = (0..len).map(|i| near[i % near.len()]).collect();
+                assert_eq!(find(needle, &hay), None, "len {len}");
+                for at in 0..len {
+                    let mut hay = hay.clone();
+                    hay[at] = needle;
+                    // A second one after it must not be taken for the first.
+                    hay[len - 1] = needle;
+                    assert_eq!(find(needle, &hay), Some(at), "len {len}, at {at}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(5000))]
 
