@@ -128,6 +128,10 @@ start_bg() {
 # utime+stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat;
 # the command name may hold spaces, so count from after its closing paren).
 ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
+# utime alone (field 14): the rest of ticks() is system time, the kernel's work
+# on the process's behalf (loopback TCP, epoll), so the two split what a
+# request costs into the process's own code and the kernel's.
+uticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12}' || echo 0; }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0), so a
 # peak can be read per run instead of since the process started.
@@ -149,6 +153,7 @@ missing=()
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v taskset >/dev/null || missing+=(util-linux)
+command -v strace >/dev/null || missing+=(strace)
 pick_python || missing+=(python3-matplotlib)
 if [ ${#missing[@]} -gt 0 ]; then
     [ "$DO_INSTALL" = 1 ] || die "missing: ${missing[*]} (run without --no-install, or install them)"
@@ -156,7 +161,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     timeout 300 $SUDO apt-get update -q >&2 || log "apt-get update failed; trying the install anyway"
     DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -q --no-install-recommends \
-        nginx-light wrk python3 python3-matplotlib >&2 || log "apt-get install failed"
+        nginx-light wrk strace python3 python3-matplotlib >&2 || log "apt-get install failed"
     if ! pick_python; then
         log "matplotlib still missing: pip install matplotlib"
         timeout 600 "${PY:-python3}" -m pip install -q matplotlib >&2 || log "pip install matplotlib failed: no plot"
@@ -478,15 +483,15 @@ run_wrk() {  # round size enc target seconds [record]
     [ "$enc" = gzip ] && hdr+=(-H "Accept-Encoding: gzip")
     [ "$t" = proxy-emu ] && hdr+=(-H "Cookie: chathub_sid=$SID")
     local out="$TMP/wrk/r$round-$size-$enc-$t.txt"
-    local t0 t1 o0 o1 hwm
-    t0=$(ticks "$T_PID"); o0=$(ticks "$ORIGIN_WORKER")
+    local t0 t1 o0 o1 u0 u1 hwm
+    t0=$(ticks "$T_PID"); o0=$(ticks "$ORIGIN_WORKER"); u0=$(uticks "$T_PID")
     reset_hwm "$T_PID"
     timeout $(( secs + 20 )) taskset -c 0 wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 5s --latency "${hdr[@]}" \
         "http://127.0.0.1:$T_PORT/page-$size.html" >"$out" 2>&1 || log "wrk failed for $t $size $enc: $(tail -1 "$out")"
-    t1=$(ticks "$T_PID"); o1=$(ticks "$ORIGIN_WORKER")
+    t1=$(ticks "$T_PID"); o1=$(ticks "$ORIGIN_WORKER"); u1=$(uticks "$T_PID")
     hwm=$(status_kb "$T_PID" VmHWM)
     if [ "$record" = 1 ]; then
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$size" "$enc" "$t" "$out" "$t0" "$t1" "$o0" "$o1" "${hwm:-0}" "$secs" >>"$DATA/runs.tsv"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$size" "$enc" "$t" "$out" "$t0" "$t1" "$o0" "$o1" "${hwm:-0}" "$secs" "$u0" "$u1" >>"$DATA/runs.tsv"
         log "round $round $size $enc $t: $(awk '/Requests\/sec/ {print $2 " req/s"}' "$out")$(grep -o 'Non-2xx.*' "$out" | sed 's/^/, /')"
     fi
 }
@@ -515,6 +520,27 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 [ "$CUT" = 0 ] || note "the load matrix was cut short: it ran past 1.5x its time budget"
 [ "$HWM_RESET_FAILED" = 0 ] || note "VmHWM could not be reset between runs: peak RSS is since the process started"
+
+# ---------------------------------------------------------------- system calls
+# What each hop asks of the kernel a request (2 KB identity): strace -c on the
+# serving process through a short wrk run, divided by wrk's request count.
+# strace slows the process it traces, so these runs are in no other table.
+if command -v strace >/dev/null; then
+    log "system calls per request at 2 KB identity (strace -c)"
+    for t in nginx-pass nginx-sub proxy-off proxy relay-floor; do
+        [[ " ${TARGETS[*]} " == *" $t "* ]] || continue
+        target_info "$t"
+        timeout 30 strace -c -f -q -p "$T_PID" -o "$DATA/strace-$t.txt" &
+        spid=$!
+        sleep 0.5
+        timeout 20 taskset -c 0 wrk -t1 -c"$CONNS" -d2s -H "Host: $T_HOST" -H "Accept: text/html,application/xhtml+xml" \
+            "http://127.0.0.1:$T_PORT/page-2k.html" >"$DATA/strace-$t.wrk" 2>&1 || true
+        kill -INT "$spid" 2>/dev/null || true
+        wait "$spid" 2>/dev/null || true
+    done
+else
+    note "strace is not installed: no system call counts"
+fi
 
 PROXY_THREADS=$(status_kb "$PROXY_PID" Threads)
 # Tokio names its workers and its blocking pool (DNS lookups, files) alike, so

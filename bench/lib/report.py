@@ -7,6 +7,8 @@ Inputs (written by run.sh into --data):
   runs.tsv        one line per wrk run (see COLUMNS) and its raw output file
   check-*.json    one fetch.py answer per target, size and encoding (content checks)
   ttfb-*.json, stream.json, idle-*.json   the streaming and memory checks
+  strace-<target>.txt/.wrk   strace -c of the serving process through a short
+                  wrk run at 2 KB identity, and that run's wrk output
 Every number in the tables is the median of the rounds, except peak RSS (the
 maximum over the rounds).
 """
@@ -19,8 +21,11 @@ from pathlib import Path
 
 COLUMNS = [
     "round", "size", "enc", "target", "wrk_file", "ticks0", "ticks1",
-    "origin_ticks0", "origin_ticks1", "hwm_kb", "seconds",
+    "origin_ticks0", "origin_ticks1", "hwm_kb", "seconds", "uticks0", "uticks1",
 ]
+# The hops whose CPU is split into user and system time, and whose system
+# calls are counted: the proxies and the relay floor, not the origin.
+HOPS = ["nginx-pass", "nginx-sub", "proxy-off", "proxy", "relay-floor"]
 SIZES = ["2k", "64k", "1m"]
 SIZE_LABEL = {"2k": "2 KB", "64k": "64 KB", "1m": "1 MB"}
 TARGETS = ["origin", "nginx-pass", "nginx-sub", "proxy-off", "proxy", "proxy-emu", "relay-floor"]
@@ -102,6 +107,9 @@ def load_runs(d: Path, clk: float) -> list:
         oticks = int(r["origin_ticks1"]) - int(r["origin_ticks0"])
         r["cpu_us"] = ticks / clk * 1e6 / n if n else None
         r["origin_cpu_us"] = oticks / clk * 1e6 / n if n else None
+        uticks = int(r["uticks1"]) - int(r["uticks0"])
+        r["user_us"] = uticks / clk * 1e6 / n if n else None
+        r["sys_us"] = (ticks - uticks) / clk * 1e6 / n if n else None
         r["hwm_kb"] = int(r["hwm_kb"] or 0)
         runs.append(r)
     return runs
@@ -124,12 +132,73 @@ def summarize(runs: list) -> dict:
             "p99": med([r["p99"] for r in rs]),
             "cpu_us": med([r["cpu_us"] for r in rs]),
             "origin_cpu_us": med([r["origin_cpu_us"] for r in rs]),
+            "user_us": med([r["user_us"] for r in rs]),
+            "sys_us": med([r["sys_us"] for r in rs]),
             "hwm_kb": max(r["hwm_kb"] for r in rs),
             "rounds": len(rs),
             "errors": sum(r["errors"] for r in rs),
             "non2xx": sum(r["non2xx"] for r in rs),
         }
     return s
+
+
+def load_strace(d: Path, t: str):
+    """System calls a request of one hop: {name: calls per request}, from
+    strace -c's table (calls are its fourth column; a row with errors has one
+    more column before the name) and the request count of the wrk run it
+    traced. None if either is missing."""
+    try:
+        table = (d / f"strace-{t}.txt").read_text()
+        n = parse_wrk((d / f"strace-{t}.wrk").read_text())["requests"]
+    except OSError:
+        return None
+    calls = {}
+    for line in table.splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[3].isdigit() and f[-1] != "total":
+            calls[f[-1]] = calls.get(f[-1], 0) + int(f[3])
+    if not n or not calls:
+        return None
+    return {k: v / n for k, v in calls.items()}
+
+
+def cpu_split_table(s: dict, encs: list, targets: list) -> list:
+    """User and system CPU a request of each hop, size and encoding: what the
+    process's own code costs against what the kernel does for it."""
+    hops = [t for t in HOPS if t in targets]
+    out = [
+        "| size | enc | " + " | ".join(f"{TARGET_LABEL[t].split(' (')[0]}: user / system µs" for t in hops) + " |",
+        "|---|---|" + "---:|" * len(hops),
+    ]
+    for size in SIZES:
+        for enc in encs:
+            cells = []
+            for t in hops:
+                v = s.get((t, size, enc), {})
+                cells.append(
+                    "–" if v.get("user_us") is None
+                    else f"{v['user_us']:.1f} / {v['sys_us']:.1f}"
+                )
+            if any(c != "–" for c in cells):
+                out.append(f"| {SIZE_LABEL[size]} | {enc} | " + " | ".join(cells) + " |")
+    return out
+
+
+def syscall_table(d: Path, targets: list) -> list:
+    """System calls a request at 2 KB identity, the most frequent first."""
+    rows = []
+    for t in HOPS:
+        if t not in targets:
+            continue
+        c = load_strace(d, t)
+        if c is None:
+            continue
+        top = sorted(c.items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"`{k}` {v:.2f}" for k, v in top if v >= 0.05)
+        rows.append(f"| {TARGET_LABEL[t]} | {sum(c.values()):.2f} | {shown} |")
+    if not rows:
+        return []
+    return ["| hop | calls a request | of which (≥ 0.05 a request) |", "|---|---:|---|"] + rows
 
 
 def fmt(x, spec="{:.0f}", none="–"):
@@ -424,6 +493,23 @@ def build(d: Path, meta: dict, runs: list, s: dict, prefix: str) -> tuple:
     block.append("")
     block.extend(table)
     block.append("")
+    split = cpu_split_table(s, encs, targets)
+    if len(split) > 2:
+        block.append(
+            "Where a hop's CPU goes: user time (the process's own code) and system time "
+            "(the kernel's work for it: loopback TCP, epoll), µs a request, medians of the rounds "
+            "(`/proc/PID/stat` fields 14 and 15):\n"
+        )
+        block.extend(split)
+        block.append("")
+    calls = syscall_table(d, targets)
+    if calls:
+        block.append(
+            "System calls a request at 2 KB identity (`strace -c -f` on the serving process "
+            "through a 2 s wrk run of its own, outside the tables above):\n"
+        )
+        block.extend(calls)
+        block.append("")
     if plot:
         block.append(f"![req/s by page size]({prefix}{plot})\n")
 
