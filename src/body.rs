@@ -163,10 +163,12 @@ impl Chunks {
             Chunks::One(first) => {
                 let first = std::mem::take(first);
                 let remaining = first.len() + data.len();
-                *self = Chunks::Many {
-                    parts: VecDeque::from([first, data]),
-                    remaining,
-                };
+                // A rewritten page read in one piece is three runs (before
+                // `</body>`, the tag, the rest): room for four from the start.
+                let mut parts = VecDeque::with_capacity(4);
+                parts.push_back(first);
+                parts.push_back(data);
+                *self = Chunks::Many { parts, remaining };
             }
             Chunks::Many { parts, remaining } => {
                 *remaining += data.len();

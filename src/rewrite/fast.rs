@@ -54,6 +54,8 @@ mod tag;
 pub(super) const MAX_TAG: usize = 16 * 1024;
 /// Deeper element stacks are left to lol_html (and its memory limit).
 const MAX_DEPTH: usize = 512;
+/// The element stack's room from the start (24 bytes a name).
+const STACK_ROOM: usize = 16;
 /// Bytes of a new chunk joined to the unfinished construct the last one
 /// ended in: far more than a tag takes (a longer construct, such as a long
 /// comment, is joined with the whole chunk). A few bytes under test, so that
@@ -312,7 +314,9 @@ impl Scanner {
     /// A scanner at the top of a page; `script_id` marks a page that already has the widget.
     pub(super) fn new(script_id: &str, watch: Watch) -> Self {
         Scanner {
-            stack: Vec::new(),
+            // Deep enough for most pages' nesting without growing from empty
+            // (0, 4, 8, 16: three reallocations a page).
+            stack: Vec::with_capacity(STACK_ROOM),
             svg: 0,
             text: Text::Data,
             pending: BytesMut::new(),

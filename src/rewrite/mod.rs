@@ -149,6 +149,9 @@ const MAX_WRITE: usize = 16 * 1024;
 /// Bytes needed to recognise any byte order mark.
 const BOM_LEN: usize = 3;
 
+/// Frames a rewritten body has room for from the start.
+const QUEUED: usize = 4;
+
 /// An `http_body::Body` that rewrites the inner body as it is polled.
 pub struct RewriteBody {
     inner: Body,
@@ -223,7 +226,10 @@ impl RewriteBody {
                 plan,
                 hook,
             },
-            queued: VecDeque::new(),
+            // Room for what one read of a page usually becomes (the part
+            // before `</body>`, the tag, the rest, the end) without regrowing
+            // from empty on every page.
+            queued: VecDeque::with_capacity(QUEUED),
             metrics,
             csp: None,
             fast,
