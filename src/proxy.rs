@@ -361,6 +361,9 @@ async fn handle_inner(
         set_session_cookie(&mut rparts.headers, cfg, &session, https);
     }
     if is_head {
+        // No body, so no rewriter to count the page: counted here, under the
+        // outcome its headers (and `X-ChatHub-Inject`) show, as GET's would be.
+        state.metrics.inserted(fallback);
         return Ok(Response::from_parts(rparts, body::empty()));
     }
     let plan = RewritePlan {

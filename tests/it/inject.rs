@@ -4,7 +4,7 @@
 //! and first bytes of a slow page reaching the client before the origin ends.
 
 use crate::support::client::{self, Got, TestBody};
-use crate::support::harness::Proxy;
+use crate::support::harness::{Proxy, inject_outcomes};
 use crate::support::inject_support::*;
 use crate::support::origin::{Gate, Origin, Step};
 use bytes::Bytes;
@@ -556,6 +556,13 @@ async fn head_answers_with_the_headers_get_would_get() {
             "HEAD and GET differ in {name}"
         );
     }
+    // Counted as its header says, as GET is: two pages injected, nothing else.
+    let outcomes = inject_outcomes(&proxy.metrics.render());
+    assert_eq!(
+        outcomes,
+        [(("injected".to_owned(), String::new()), 2.0)].into(),
+        "{outcomes:?}"
+    );
     proxy.shutdown().await;
 }
 

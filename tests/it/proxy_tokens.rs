@@ -10,7 +10,7 @@
 
 use crate::support;
 use crate::support::client::{self, Got, TestClient, fetch, http1, http1_from};
-use crate::support::harness::Proxy;
+use crate::support::harness::{Proxy, inject_outcomes};
 use crate::support::secrets::Captured;
 use crate::support::tokens_support::*;
 use chathub_proxy::emulator::Fault;
@@ -939,19 +939,4 @@ async fn secrets_scenario_body() -> Vec<String> {
     }
     emu.set_fault(Fault::None);
     secrets
-}
-
-/// `chathub_proxy_inject_total` by (outcome, reason), from Prometheus text.
-fn inject_outcomes(text: &str) -> std::collections::HashMap<(String, String), f64> {
-    let label = |l: &str, key: &str| {
-        let from = l.find(&format!("{key}=\"")).map(|i| i + key.len() + 2)?;
-        Some(l[from..][..l[from..].find('"')?].to_owned())
-    };
-    text.lines()
-        .filter(|l| l.starts_with("chathub_proxy_inject_total{"))
-        .filter_map(|l| {
-            let value = l.rsplit(' ').next()?.parse().ok()?;
-            Some(((label(l, "outcome")?, label(l, "reason")?), value))
-        })
-        .collect()
 }

@@ -124,3 +124,18 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
+
+/// `chathub_proxy_inject_total` by (outcome, reason), from Prometheus text.
+pub fn inject_outcomes(text: &str) -> std::collections::HashMap<(String, String), f64> {
+    let label = |l: &str, key: &str| {
+        let from = l.find(&format!("{key}=\"")).map(|i| i + key.len() + 2)?;
+        Some(l[from..][..l[from..].find('"')?].to_owned())
+    };
+    text.lines()
+        .filter(|l| l.starts_with("chathub_proxy_inject_total{"))
+        .filter_map(|l| {
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some(((label(l, "outcome")?, label(l, "reason")?), value))
+        })
+        .collect()
+}
