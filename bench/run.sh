@@ -537,6 +537,8 @@ if command -v strace >/dev/null; then
             "http://127.0.0.1:$T_PORT/page-2k.html" >"$DATA/strace-$t.wrk" 2>&1 || true
         kill -INT "$spid" 2>/dev/null || true
         wait "$spid" 2>/dev/null || true
+        # strace may not attach (ptrace not allowed here): say so, not nothing.
+        grep -q total "$DATA/strace-$t.txt" 2>/dev/null || note "strace -c on $t gave no counts: $(head -c 200 "$DATA/strace-$t.txt" 2>/dev/null)"
     done
 else
     note "strace is not installed: no system call counts"
