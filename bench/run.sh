@@ -125,13 +125,12 @@ start_bg() {
     LAST_PID=$!
 }
 
-# utime+stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat;
-# the command name may hold spaces, so count from after its closing paren).
-ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
-# utime alone (field 14): the rest of ticks() is system time, the kernel's work
-# on the process's behalf (loopback TCP, epoll), so the two split what a
-# request costs into the process's own code and the kernel's.
-uticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12}' || echo 0; }
+# A process's CPU in clock ticks, from one read of /proc/PID/stat: utime+stime
+# (fields 14 and 15), then utime alone; the rest of the first is system time,
+# the kernel's work on the process's behalf (loopback TCP, epoll), so the two
+# split what a request costs into its own code and the kernel's. The command
+# name may hold spaces, so fields are counted from after its closing paren.
+ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13, $12}' || echo 0 0; }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0), so a
 # peak can be read per run instead of since the process started.
@@ -484,11 +483,11 @@ run_wrk() {  # round size enc target seconds [record]
     [ "$t" = proxy-emu ] && hdr+=(-H "Cookie: chathub_sid=$SID")
     local out="$TMP/wrk/r$round-$size-$enc-$t.txt"
     local t0 t1 o0 o1 u0 u1 hwm
-    t0=$(ticks "$T_PID"); o0=$(ticks "$ORIGIN_WORKER"); u0=$(uticks "$T_PID")
+    read -r t0 u0 < <(ticks "$T_PID"); read -r o0 _ < <(ticks "$ORIGIN_WORKER")
     reset_hwm "$T_PID"
     timeout $(( secs + 20 )) taskset -c 0 wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 5s --latency "${hdr[@]}" \
         "http://127.0.0.1:$T_PORT/page-$size.html" >"$out" 2>&1 || log "wrk failed for $t $size $enc: $(tail -1 "$out")"
-    t1=$(ticks "$T_PID"); o1=$(ticks "$ORIGIN_WORKER"); u1=$(uticks "$T_PID")
+    read -r t1 u1 < <(ticks "$T_PID"); read -r o1 _ < <(ticks "$ORIGIN_WORKER")
     hwm=$(status_kb "$T_PID" VmHWM)
     if [ "$record" = 1 ]; then
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$size" "$enc" "$t" "$out" "$t0" "$t1" "$o0" "$o1" "${hwm:-0}" "$secs" "$u0" "$u1" >>"$DATA/runs.tsv"
@@ -527,7 +526,7 @@ done
 # strace slows the process it traces, so these runs are in no other table.
 if command -v strace >/dev/null; then
     log "system calls per request at 2 KB identity (strace -c)"
-    for t in nginx-pass nginx-sub proxy-off proxy relay-floor; do
+    for t in nginx-pass nginx-sub proxy-off proxy relay-floor; do  # report.py's HOPS
         [[ " ${TARGETS[*]} " == *" $t "* ]] || continue
         target_info "$t"
         timeout 30 strace -c -f -q -p "$T_PID" -o "$DATA/strace-$t.txt" &
